@@ -1,0 +1,147 @@
+"""
+Wires configuration, collectors, scheduler and exposition into one agent, and serves it over HTTP.
+
+Routes: ``/metrics`` (cached exposition, text or OpenMetrics, gzip when accepted), ``/healthz`` (the
+process serves), ``/readyz`` (every enabled collector finished a first cycle), ``/`` (endpoints and
+collector states).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Sequence
+
+import structlog
+from aiohttp import web
+
+from nodeagent import __version__
+from nodeagent.collector import CollectorContext
+from nodeagent.collectors import COLLECTORS
+from nodeagent.config import AgentConfig
+from nodeagent.exposition import (
+    OPENMETRICS_CONTENT_TYPE,
+    TEXT_CONTENT_TYPE,
+    Exposition,
+    accepts_gzip,
+    negotiate,
+)
+from nodeagent.hostfs import HostPaths
+from nodeagent.metrics import MetricFamily, counter, gauge
+from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
+
+
+class Agent:
+    """One agent: its collectors' runners and states, the exposition, and the scheduler."""
+
+    def __init__(self, cfg: AgentConfig, names: Sequence[str] | None = None) -> None:
+        self.cfg = cfg
+        self.paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs)
+        self.names = list(names if names is not None else cfg.enabled_collectors())
+        self.states = {
+            name: CollectorState(name, cfg.collector_interval(name), cfg.collector_timeout(name))
+            for name in self.names
+        }
+        self.exposition = Exposition(self.names, self.self_families)
+        log = structlog.get_logger()
+        runners = []
+        for name in self.names:
+            spec = COLLECTORS[name]
+            clog = log.bind(**{"nodeagent.collector": name})
+            collector = spec.factory(CollectorContext(name, self.paths, clog), cfg.collector(name))
+            runners.append(CollectorRunner(name, collector, self.states[name], self.exposition, cfg.jitter, clog))
+        self.scheduler = Scheduler(runners)
+        self.started_at = time.time()
+
+    def self_families(self) -> Sequence[MetricFamily]:
+        """The agent's per-collector self-metrics, from the states (no I/O: called when rendering)."""
+        labels = ("collector",)
+        duration = gauge("nodeagent_collector_duration_seconds", "Duration of the collector's last cycle.", labels)
+        success = gauge(
+            "nodeagent_collector_success",
+            "Whether the collector's last cycle succeeded (1), including finding no data; 0 if it failed or timed out.",
+            labels,
+        )
+        has_data = gauge(
+            "nodeagent_collector_has_data", "Whether the collector's last cycle found its source on this host.", labels
+        )
+        last_ok = gauge(
+            "nodeagent_collector_last_success_timestamp_seconds",
+            "Unix time of the collector's last successful cycle (0 if none yet).",
+            labels,
+        )
+        skipped = counter(
+            "nodeagent_collector_skipped_total",
+            "Cycles skipped because the previous one overran the interval.",
+            labels,
+        )
+        failures = counter(
+            "nodeagent_collector_failures_total", "Failed cycles by reason (error or timeout).", ("collector", "reason")
+        )
+        series = gauge("nodeagent_collector_series", "Series the collector published in its last cycle.", labels)
+        for name, st in self.states.items():
+            key = (name,)
+            duration.add(key, st.last_duration)
+            success.add(key, 1 if st.success else 0)
+            has_data.add(key, 1 if st.has_data else 0)
+            last_ok.add(key, st.last_success_time)
+            skipped.add(key, st.skipped)
+            for reason, count in st.failures.items():
+                failures.add((name, reason), count)
+            series.add(key, st.series)
+        return [b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series)]
+
+    def not_ready(self) -> list[str]:
+        """Enabled collectors that have not finished a first cycle."""
+        return [name for name, st in self.states.items() if not st.ready]
+
+
+def build_app(agent: Agent) -> web.Application:
+    """The aiohttp application; the scheduler starts and stops with it."""
+    app = web.Application()
+
+    async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+        agent.scheduler.start()
+        yield
+        await agent.scheduler.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+
+    async def metrics(request: web.Request) -> web.Response:
+        openmetrics = negotiate(request.headers.get("Accept"))
+        compress = accepts_gzip(request.headers.get("Accept-Encoding"))
+        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding, Accept"}
+        if compress:
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=agent.exposition.body(openmetrics, compress), headers=headers)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        pending = agent.not_ready()
+        if pending:
+            return web.Response(status=503, text="not ready: no finished cycle yet for " + ", ".join(pending) + "\n")
+        return web.Response(text="ready\n")
+
+    async def index(_: web.Request) -> web.Response:
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td>{st.status}</td><td>{st.interval:g}s</td>"
+            f"<td>{st.last_duration * 1000:.1f} ms</td><td>{st.series}</td>"
+            f"<td>{html.escape(st.last_error or st.nodata_reason)}</td></tr>"
+            for name, st in agent.states.items()
+        )
+        page = (
+            f"<!doctype html><html><head><title>nodeagent</title></head><body><h1>nodeagent {__version__}</h1>"
+            '<ul><li><a href="/metrics">/metrics</a></li><li><a href="/healthz">/healthz</a></li>'
+            '<li><a href="/readyz">/readyz</a></li></ul>'
+            "<table border=1><tr><th>collector</th><th>state</th><th>interval</th><th>last cycle</th>"
+            f"<th>series</th><th>detail</th></tr>{rows}</table></body></html>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/", index)
+    return app

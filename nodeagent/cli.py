@@ -1,0 +1,165 @@
+"""
+Command line: ``nodeagent run | once | doctor | config check FILE | version``.
+
+Exit codes: 0 success; 1 ``doctor`` found a failing collector; 2 invalid start-up configuration
+(including a listen address that cannot be bound), with a message naming the key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import os
+import platform
+import signal
+import sys
+from collections.abc import Sequence
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from nodeagent import __version__, logs
+from nodeagent.agent import Agent, build_app
+from nodeagent.collectors import COLLECTORS
+from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option
+from nodeagent.doctor import run_doctor
+
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="FILE", help="YAML configuration file (also NODEAGENT_CONFIG)")
+    common.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (key: listen)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="key: log.level")
+    common.add_argument("--log-format", choices=["json", "console"], help="key: log.format")
+    for root in ("procfs", "sysfs", "rootfs"):
+        common.add_argument(f"--path.{root}", dest=f"path_{root}", metavar="DIR", help=f"key: paths.{root}")
+    common.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="any key, e.g. collectors.cpu.interval=5s"
+    )
+    for name in COLLECTORS:
+        group = common.add_mutually_exclusive_group()
+        group.add_argument(f"--collector.{name}", dest=f"collector_{name}", action="store_const", const=True,
+                           help=argparse.SUPPRESS)
+        group.add_argument(f"--no-collector.{name}", dest=f"collector_{name}", action="store_const", const=False,
+                           help=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="nodeagent",
+        description="Node-level observability agent. Collector switches: --collector.NAME / --no-collector.NAME "
+        f"for NAME in {', '.join(COLLECTORS)}.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the daemon and serve /metrics")
+    once = sub.add_parser("once", parents=[common], help="one cycle of every enabled collector to stdout")
+    once.add_argument("--format", choices=["text", "openmetrics"], default="text")
+    sub.add_parser("doctor", parents=[common], help="check each collector on this host and explain what fails")
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", parents=[common], help="validate a configuration file")
+    check.add_argument("file", metavar="FILE")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    flags: dict[str, Any] = {}
+    for option in args.set:
+        key, value = parse_set_option(option)
+        flags[key] = value
+    if args.listen is not None:
+        flags["listen"] = args.listen
+    if args.log_level is not None:
+        flags["log.level"] = args.log_level
+    if args.log_format is not None:
+        flags["log.format"] = args.log_format
+    for root in ("procfs", "sysfs", "rootfs"):
+        value = getattr(args, f"path_{root}")
+        if value is not None:
+            flags[f"paths.{root}"] = value
+    for name in COLLECTORS:
+        value = getattr(args, f"collector_{name}")
+        if value is not None:
+            flags[f"collectors.{name}.enabled"] = value
+    return flags
+
+
+def _split_host_port(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def _serve(cfg: AgentConfig) -> int:
+    log = structlog.get_logger()
+    agent = Agent(cfg)
+    runner = web.AppRunner(build_app(agent), access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    host, port = _split_host_port(cfg.listen)
+    site = web.TCPSite(runner, host or None, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc))
+        print(
+            f"nodeagent: listen {cfg.listen}: cannot serve: {reason}; choose another address with --listen "
+            "or the key 'listen'",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info("agent.started", listen=cfg.listen, collectors=agent.names, version=__version__)
+    await stop.wait()
+    log.info("agent.stopping")
+    await runner.cleanup()
+    log.info("agent.stopped")
+    return 0
+
+
+async def _once(cfg: AgentConfig, openmetrics: bool) -> bytes:
+    agent = Agent(cfg)
+    try:
+        await agent.scheduler.run_all_once()
+    finally:
+        await agent.scheduler.stop()
+    return agent.exposition.body(openmetrics, False)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nodeagent`` command."""
+    args = _parser().parse_args(argv)
+    if args.command == "version":
+        print(
+            f"nodeagent {__version__} (python {platform.python_version()}, "
+            f"prometheus-client {dist_version('prometheus-client')}, aiohttp {dist_version('aiohttp')})"
+        )
+        return 0
+    try:
+        if args.command == "config":
+            cfg = build_config(args.file, environ={}, flag_overrides=_flag_overrides(args))
+        else:
+            cfg = build_config(args.config, os.environ, _flag_overrides(args))
+    except ConfigError as exc:
+        print(f"nodeagent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    # once and doctor keep stdout for their output; the daemon logs to stdout as containers expect.
+    log_stream = sys.stdout if args.command == "run" else sys.stderr
+    logs.configure(cfg.log.level if args.command == "run" else "warning", cfg.log.format, log_stream)
+    if args.command == "config":
+        print(f"{args.file}: valid\n---")
+        print(dump(cfg), end="")
+        return 0
+    if args.command == "once":
+        sys.stdout.buffer.write(asyncio.run(_once(cfg, args.format == "openmetrics")))
+        sys.stdout.flush()
+        return 0
+    if args.command == "doctor":
+        return asyncio.run(run_doctor(cfg, sys.stdout))
+    return asyncio.run(_serve(cfg))

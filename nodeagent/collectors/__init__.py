@@ -1,0 +1,48 @@
+"""
+The explicit list of collectors, one line each, in exposition order.
+
+Adding a collector: its module (with a ``SPEC``), its tests and fixtures, one line here, and its families
+in ``docs/metrics.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nodeagent.collector import CollectorSpec
+from nodeagent.collectors import (
+    cpu,
+    diskstats,
+    filefd,
+    filesystem,
+    loadavg,
+    meminfo,
+    osrelease,
+    pressure,
+    selfstats,
+    stat,
+    timecollector,
+    timex,
+    uname,
+    vmstat,
+)
+
+COLLECTORS: dict[str, CollectorSpec[Any]] = {
+    spec.name: spec
+    for spec in (
+        cpu.SPEC,
+        loadavg.SPEC,
+        meminfo.SPEC,
+        vmstat.SPEC,
+        pressure.SPEC,
+        stat.SPEC,
+        filefd.SPEC,
+        diskstats.SPEC,
+        uname.SPEC,
+        osrelease.SPEC,
+        timecollector.SPEC,
+        timex.SPEC,
+        filesystem.SPEC,
+        selfstats.SPEC,
+    )
+}

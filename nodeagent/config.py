@@ -1,0 +1,291 @@
+"""
+Configuration: one YAML file, ``NODEAGENT_*`` environment variables and command-line flags.
+
+Precedence, lowest to highest: built-in defaults < YAML file < environment < flags. Everything is
+validated once, here, at start-up; an invalid value is a ``ConfigError`` naming the key, the value and
+what is valid, and the CLI exits with code 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+
+from nodeagent.collector import CollectorConfig, Duration
+from nodeagent.collectors import COLLECTORS
+
+ENV_PREFIX = "NODEAGENT_"
+DEFAULT_PORT = 10142
+DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
+
+
+class ConfigError(Exception):
+    """Invalid start-up configuration; the message is meant for a person and names the key."""
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT with a port from 1 to 65535, e.g. 0.0.0.0:10142 or [::1]:10142")
+    if host.startswith("[") != host.endswith("]"):
+        raise ValueError("an IPv6 host must be in brackets, e.g. [::]:10142")
+    return value
+
+
+class PathsConfig(BaseModel):
+    """Roots through which every host file is read (node_exporter's ``--path.*``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    procfs: str = "/proc"
+    sysfs: str = "/sys"
+    rootfs: str = "/"
+
+    @field_validator("procfs", "sysfs", "rootfs")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("expected an absolute path")
+        return value
+
+
+class LogConfig(BaseModel):
+    """Log output."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: str = "info"
+    format: str = "json"
+
+    @field_validator("level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        value = value.lower()
+        if value not in ("debug", "info", "warning", "error"):
+            raise ValueError("expected one of debug, info, warning, error")
+        return value
+
+    @field_validator("format")
+    @classmethod
+    def _format(cls, value: str) -> str:
+        if value not in ("json", "console"):
+            raise ValueError("expected json or console")
+        return value
+
+
+def _collectors_model() -> type[BaseModel]:
+    fields: dict[str, Any] = {}
+    for name, spec in COLLECTORS.items():
+        default = spec.config_model(enabled=spec.default_enabled)
+        fields[name] = (spec.config_model, Field(default=default))
+    model: type[BaseModel] = create_model(
+        "CollectorsConfig", __config__=ConfigDict(extra="forbid", frozen=True), **fields
+    )
+    return model
+
+
+CollectorsConfig = _collectors_model()
+
+
+class AgentConfig(BaseModel):
+    """The whole configuration, frozen after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = DEFAULT_LISTEN
+    interval: Duration = 15.0
+    timeout: Duration = 10.0
+    jitter: Duration = 1.0
+    paths: PathsConfig = PathsConfig()
+    log: LogConfig = LogConfig()
+    collectors: CollectorsConfig = Field(default_factory=CollectorsConfig)  # type: ignore[valid-type]
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return _check_listen(value)
+
+    @model_validator(mode="after")
+    def _timeouts_fit(self) -> AgentConfig:
+        for name in COLLECTORS:
+            interval = self.collector_interval(name)
+            timeout = self.collector_timeout(name)
+            if timeout > interval:
+                raise ValueError(
+                    f"collectors.{name}: timeout {timeout:g}s is longer than its interval {interval:g}s; "
+                    "a cycle must end before the next one is due"
+                )
+        return self
+
+    def collector(self, name: str) -> CollectorConfig:
+        """The typed configuration of one collector."""
+        cfg: CollectorConfig = getattr(self.collectors, name)
+        return cfg
+
+    def collector_interval(self, name: str) -> float:
+        """The collector's interval, falling back to the agent's."""
+        return self.collector(name).interval or self.interval
+
+    def collector_timeout(self, name: str) -> float:
+        """The collector's timeout, falling back to the agent's (never longer than its interval)."""
+        own = self.collector(name).timeout
+        if own is not None:
+            return own
+        return min(self.timeout, self.collector_interval(name))
+
+    def enabled_collectors(self) -> list[str]:
+        """Enabled collector names in registry order."""
+        return [name for name in COLLECTORS if self.collector(name).enabled]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and merging
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[parts[-1]] = value
+
+
+def _scalar(text: str) -> Any:
+    """Parse an environment or ``--set`` value as a YAML scalar (``false``, ``15s``, ``3``)."""
+    try:
+        return yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Read the YAML file; errors name the file and, for syntax errors, the line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path}: not found") from exc
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"config file {path}: invalid YAML{where}: {problem}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top, got {type(data).__name__}")
+    return data
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """
+    ``NODEAGENT_<KEY>`` variables as a nested mapping; ``__`` separates levels.
+
+    ``NODEAGENT_COLLECTORS__CPU__ENABLED=false`` sets ``collectors.cpu.enabled``.
+    ``NODEAGENT_CONFIG`` names the file and is not a key.
+    """
+    tree: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX + "CONFIG":
+            continue
+        dotted = name[len(ENV_PREFIX) :].lower().replace("__", ".")
+        _set_path(tree, dotted, _scalar(value))
+    return tree
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _model_at(loc: Sequence[int | str]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = AgentConfig
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return model
+
+
+def _describe(exc: ValidationError, sources: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if p != "__root__"]
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        value = err.get("input")
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(loc[:-1])
+            if loc[:-1] == ["collectors"]:
+                lines.append(f"{key}: unknown collector {loc[-1]!r}; valid collectors: {', '.join(COLLECTORS)}")
+            else:
+                valid = ", ".join(_valid_keys(parent)) if parent else "see README"
+                lines.append(f"{key}: unknown key; valid keys here: {valid}")
+            continue
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "value_error" and not loc:
+            lines.append(msg)
+            continue
+        lines.append(f"{key}: invalid value {value!r}: {msg}")
+    return f"invalid configuration ({sources}):\n  " + "\n  ".join(lines)
+
+
+def build_config(
+    file_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    flag_overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Merge defaults, file, environment and flags (dotted keys) into a validated ``AgentConfig``."""
+    environ = os.environ if environ is None else environ
+    sources = ["defaults"]
+    data: dict[str, Any] = {}
+    file_path = file_path or environ.get(ENV_PREFIX + "CONFIG") or None
+    if file_path:
+        data = load_file(file_path)
+        sources.append(file_path)
+    env = env_overrides(environ)
+    if env:
+        data = _merge(data, env)
+        sources.append("environment")
+    if flag_overrides:
+        flags: dict[str, Any] = {}
+        for dotted, value in flag_overrides.items():
+            _set_path(flags, dotted, value)
+        data = _merge(data, flags)
+        sources.append("flags")
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, ", ".join(sources))) from exc
+
+
+def parse_set_option(option: str) -> tuple[str, Any]:
+    """Parse ``--set key.path=value``."""
+    key, sep, value = option.partition("=")
+    if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", key.strip()):
+        raise ConfigError(f"--set {option!r}: expected KEY=VALUE with a dotted key, e.g. collectors.cpu.enabled=false")
+    return key.strip(), _scalar(value)
+
+
+def dump(cfg: AgentConfig) -> str:
+    """The effective configuration as YAML (for ``config check``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

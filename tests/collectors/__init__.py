@@ -1,0 +1,1 @@
+"""Tests of the host collectors: parsers on inline text, collectors on fixture trees and on this host."""

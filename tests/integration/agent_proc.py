@@ -1,0 +1,88 @@
+"""Start the real ``nodeagent run`` process on a free loopback port, and stop it, for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """GET a URL; returns status, headers and body (also for 4xx/5xx)."""
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, dict(resp.headers), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), exc.read()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    """Poll until ``predicate()`` is truthy or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if predicate():
+                return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@dataclass
+class AgentProcess:
+    """A running agent."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: str
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """Everything the agent wrote so far."""
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+
+@contextlib.contextmanager
+def run_agent(args: Sequence[str] = (), tmp_dir: str = "/tmp", ready: bool = True, env: dict[str, str] | None = None
+              ) -> Iterator[AgentProcess]:
+    """Run ``nodeagent run --listen 127.0.0.1:<free>`` and stop it (SIGTERM, then SIGKILL) afterwards."""
+    port = free_port()
+    log_path = os.path.join(tmp_dir, f"nodeagent-{port}.log")
+    cmd = [sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}", *args]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    agent = AgentProcess(proc, port, log_path)
+    try:
+        if ready:
+            wait_until(lambda: proc.poll() is not None or http_get(agent.url + "/readyz")[0] == 200, 30,
+                       "the agent to become ready")
+            assert proc.poll() is None, f"agent exited early:\n{agent.log()}"
+        yield agent
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
