@@ -9,6 +9,7 @@ collector states).
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections.abc import Sequence
 
@@ -49,21 +50,27 @@ class Agent:
             spec = COLLECTORS[name]
             clog = log.bind(**{"nodeagent.collector": name})
             collector = spec.factory(CollectorContext(name, self.paths, clog), cfg.collector(name))
-            runners.append(CollectorRunner(name, collector, self.states[name], self.exposition, cfg.jitter, clog))
+            runners.append(
+                CollectorRunner(name, collector, self.states[name], self.exposition, cfg.jitter, clog)
+            )
         self.scheduler = Scheduler(runners)
         self.started_at = time.time()
 
     def self_families(self) -> Sequence[MetricFamily]:
         """The agent's per-collector self-metrics, from the states (no I/O: called when rendering)."""
         labels = ("collector",)
-        duration = gauge("nodeagent_collector_duration_seconds", "Duration of the collector's last cycle.", labels)
+        duration = gauge(
+            "nodeagent_collector_duration_seconds", "Duration of the collector's last cycle.", labels
+        )
         success = gauge(
             "nodeagent_collector_success",
             "Whether the collector's last cycle succeeded (1), including finding no data; 0 if it failed or timed out.",
             labels,
         )
         has_data = gauge(
-            "nodeagent_collector_has_data", "Whether the collector's last cycle found its source on this host.", labels
+            "nodeagent_collector_has_data",
+            "Whether the collector's last cycle found its source on this host.",
+            labels,
         )
         last_ok = gauge(
             "nodeagent_collector_last_success_timestamp_seconds",
@@ -76,9 +83,13 @@ class Agent:
             labels,
         )
         failures = counter(
-            "nodeagent_collector_failures_total", "Failed cycles by reason (error or timeout).", ("collector", "reason")
+            "nodeagent_collector_failures_total",
+            "Failed cycles by reason (error or timeout).",
+            ("collector", "reason"),
         )
-        series = gauge("nodeagent_collector_series", "Series the collector published in its last cycle.", labels)
+        series = gauge(
+            "nodeagent_collector_series", "Series the collector published in its last cycle.", labels
+        )
         for name, st in self.states.items():
             key = (name,)
             duration.add(key, st.last_duration)
@@ -90,6 +101,19 @@ class Agent:
                 failures.add((name, reason), count)
             series.add(key, st.series)
         return [b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series)]
+
+    def missing_roots(self) -> list[str]:
+        """One message per configured host root that is not a directory (a mount missing in a container)."""
+        roots = (
+            ("paths.procfs", self.paths.procfs, "/proc"),
+            ("paths.sysfs", self.paths.sysfs, "/sys"),
+            ("paths.rootfs", self.paths.rootfs, "/"),
+        )
+        return [
+            f"{key}={path} is not a directory; mount the host's {host} there or fix the key"
+            for key, path, host in roots
+            if not os.path.isdir(path)
+        ]
 
     def not_ready(self) -> list[str]:
         """Enabled collectors that have not finished a first cycle."""
@@ -110,7 +134,10 @@ def build_app(agent: Agent) -> web.Application:
     async def metrics(request: web.Request) -> web.Response:
         openmetrics = negotiate(request.headers.get("Accept"))
         compress = accepts_gzip(request.headers.get("Accept-Encoding"))
-        headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE, "Vary": "Accept-Encoding, Accept"}
+        headers = {
+            "Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE,
+            "Vary": "Accept-Encoding, Accept",
+        }
         if compress:
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=agent.exposition.body(openmetrics, compress), headers=headers)
@@ -121,7 +148,9 @@ def build_app(agent: Agent) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         pending = agent.not_ready()
         if pending:
-            return web.Response(status=503, text="not ready: no finished cycle yet for " + ", ".join(pending) + "\n")
+            return web.Response(
+                status=503, text="not ready: no finished cycle yet for " + ", ".join(pending) + "\n"
+            )
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:

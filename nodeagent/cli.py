@@ -39,14 +39,28 @@ def _parser() -> argparse.ArgumentParser:
     for root in ("procfs", "sysfs", "rootfs"):
         common.add_argument(f"--path.{root}", dest=f"path_{root}", metavar="DIR", help=f"key: paths.{root}")
     common.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="any key, e.g. collectors.cpu.interval=5s"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any key, e.g. collectors.cpu.interval=5s",
     )
     for name in COLLECTORS:
         group = common.add_mutually_exclusive_group()
-        group.add_argument(f"--collector.{name}", dest=f"collector_{name}", action="store_const", const=True,
-                           help=argparse.SUPPRESS)
-        group.add_argument(f"--no-collector.{name}", dest=f"collector_{name}", action="store_const", const=False,
-                           help=argparse.SUPPRESS)
+        group.add_argument(
+            f"--collector.{name}",
+            dest=f"collector_{name}",
+            action="store_const",
+            const=True,
+            help=argparse.SUPPRESS,
+        )
+        group.add_argument(
+            f"--no-collector.{name}",
+            dest=f"collector_{name}",
+            action="store_const",
+            const=False,
+            help=argparse.SUPPRESS,
+        )
 
     parser = argparse.ArgumentParser(
         prog="nodeagent",
@@ -57,7 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon and serve /metrics")
     once = sub.add_parser("once", parents=[common], help="one cycle of every enabled collector to stdout")
     once.add_argument("--format", choices=["text", "openmetrics"], default="text")
-    sub.add_parser("doctor", parents=[common], help="check each collector on this host and explain what fails")
+    sub.add_parser(
+        "doctor", parents=[common], help="check each collector on this host and explain what fails"
+    )
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", parents=[common], help="validate a configuration file")
@@ -115,6 +131,8 @@ async def _serve(cfg: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    for problem in agent.missing_roots():
+        log.error("agent.root_missing", error={"message": problem})
     log.info("agent.started", listen=cfg.listen, collectors=agent.names, version=__version__)
     await stop.wait()
     log.info("agent.stopping")
@@ -125,6 +143,8 @@ async def _serve(cfg: AgentConfig) -> int:
 
 async def _once(cfg: AgentConfig, openmetrics: bool) -> bytes:
     agent = Agent(cfg)
+    for problem in agent.missing_roots():
+        print(f"nodeagent: warning: {problem}", file=sys.stderr)
     try:
         await agent.scheduler.run_all_once()
     finally:

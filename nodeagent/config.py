@@ -14,7 +14,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from nodeagent.collector import CollectorConfig, Duration
 from nodeagent.collectors import COLLECTORS
@@ -193,7 +201,9 @@ def load_file(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of keys at the top, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path}: expected a mapping of keys at the top, got {type(data).__name__}"
+        )
     return data
 
 
@@ -236,7 +246,9 @@ def _describe(exc: ValidationError, sources: str) -> str:
         if err["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             if loc[:-1] == ["collectors"]:
-                lines.append(f"{key}: unknown collector {loc[-1]!r}; valid collectors: {', '.join(COLLECTORS)}")
+                lines.append(
+                    f"{key}: unknown collector {loc[-1]!r}; valid collectors: {', '.join(COLLECTORS)}"
+                )
             else:
                 valid = ", ".join(_valid_keys(parent)) if parent else "see README"
                 lines.append(f"{key}: unknown key; valid keys here: {valid}")
@@ -282,7 +294,9 @@ def parse_set_option(option: str) -> tuple[str, Any]:
     """Parse ``--set key.path=value``."""
     key, sep, value = option.partition("=")
     if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", key.strip()):
-        raise ConfigError(f"--set {option!r}: expected KEY=VALUE with a dotted key, e.g. collectors.cpu.enabled=false")
+        raise ConfigError(
+            f"--set {option!r}: expected KEY=VALUE with a dotted key, e.g. collectors.cpu.enabled=false"
+        )
     return key.strip(), _scalar(value)
 
 

@@ -46,7 +46,9 @@ async def run_doctor(cfg: AgentConfig, out: TextIO) -> int:
         try:
             collector = spec.factory(CollectorContext(name, paths, log.bind(collector=name)), ccfg)
         except Exception as exc:  # noqa: BLE001 - report every collector
-            out.write(f"  FAIL    {name}{enabled}: cannot start: {exc}\n          hint: {hint_for(exc, paths)}\n")
+            out.write(
+                f"  FAIL    {name}{enabled}: cannot start: {exc}\n          hint: {hint_for(exc, paths)}\n"
+            )
             failed = failed or ccfg.enabled
             continue
         try:

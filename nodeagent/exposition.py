@@ -118,7 +118,7 @@ class FamilyRenderer:
             name, labelnames = family.name, family.labelnames
             old = old_families.get(name, _NO_SERIES)
             new = new_families.setdefault(name, {})
-            lines = []
+            lines: list[str] = []
             append = lines.append
             for labelvalues, value in family.samples:
                 entry = old.get(labelvalues)

@@ -82,7 +82,9 @@ def _render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
         return json.dumps(cleaned, default=_json_default, separators=(",", ":"))
 
 
-def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None, hostname: str | None = None) -> None:
+def configure(
+    level: str = "info", fmt: str = "json", stream: TextIO | None = None, hostname: str | None = None
+) -> None:
     """Configure structlog once for the process."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,

@@ -141,7 +141,9 @@ class CollectorRunner:
             state.failures[outcome] += 1
             state.last_error = error
             self._log_failure(outcome, error)
-        self._log.debug("collector.cycle", outcome=outcome, duration_seconds=round(duration, 6), series=state.series)
+        self._log.debug(
+            "collector.cycle", outcome=outcome, duration_seconds=round(duration, 6), series=state.series
+        )
 
     def _log_failure(self, outcome: str, error: str) -> None:
         state = self.state
@@ -202,4 +204,6 @@ class Scheduler:
             try:
                 await runner.collector.aclose()
             except Exception as exc:  # noqa: BLE001 - shutdown must release the rest
-                structlog.get_logger().warning("collector.close_failed", collector=runner.name, error=str(exc))
+                structlog.get_logger().warning(
+                    "collector.close_failed", collector=runner.name, error=str(exc)
+                )

@@ -12,8 +12,14 @@ from prometheus_client.parser import text_string_to_metric_families as text_pars
 
 def nodeagent(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``python -m nodeagent`` with arguments."""
-    return subprocess.run([sys.executable, "-m", "nodeagent", *args], capture_output=True, text=True, timeout=60,
-                          check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "nodeagent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
 
 
 def test_once_prints_host_families() -> None:
@@ -37,8 +43,12 @@ def test_once_openmetrics() -> None:
 def test_once_with_a_broken_root_still_exits_zero(tmp_path: Path) -> None:
     """Collectors failing on a missing /proc are reported as success 0, and `once` still exits 0."""
     proc = nodeagent("once", "--path.procfs", str(tmp_path))
-    success = {s.labels["collector"]: s.value for f in text_parse(proc.stdout) for s in f.samples
-               if s.name == "nodeagent_collector_success"}
+    success = {
+        s.labels["collector"]: s.value
+        for f in text_parse(proc.stdout)
+        for s in f.samples
+        if s.name == "nodeagent_collector_success"
+    }
 
     assert 0 == proc.returncode
     assert 0.0 == success["loadavg"]
@@ -104,3 +114,20 @@ def test_version() -> None:
 
     assert 0 == proc.returncode
     assert proc.stdout.startswith("nodeagent 0.1.0 ")
+
+
+def test_missing_root_is_named(tmp_path: Path) -> None:
+    """A host root that does not exist is reported by key and path; `once` still runs the rest."""
+    proc = nodeagent("once", "--path.sysfs", str(tmp_path / "host" / "sys"))
+
+    assert 0 == proc.returncode
+    assert f"paths.sysfs={tmp_path}/host/sys is not a directory" in proc.stderr
+    assert "node_load1" in proc.stdout
+
+
+def test_unreadable_file_is_named(tmp_path: Path) -> None:
+    """A /proc file that cannot be read fails that collector with a message naming the file."""
+    (tmp_path / "loadavg").mkdir()
+    proc = nodeagent("doctor", "--path.procfs", str(tmp_path))
+
+    assert f"FAIL    loadavg: [Errno 21] cannot read {tmp_path}/loadavg: Is a directory" in proc.stdout

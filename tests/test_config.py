@@ -29,8 +29,11 @@ def test_defaults() -> None:
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
     """Flags beat the environment, which beats the file, which beats the defaults."""
-    path = _write(tmp_path, "listen: 127.0.0.1:1111\ninterval: 30s\npaths:\n  procfs: /host/proc\n"
-                            "collectors:\n  loadavg:\n    interval: 1m\n")
+    path = _write(
+        tmp_path,
+        "listen: 127.0.0.1:1111\ninterval: 30s\npaths:\n  procfs: /host/proc\n"
+        "collectors:\n  loadavg:\n    interval: 1m\n",
+    )
     env = {"NODEAGENT_INTERVAL": "20s", "NODEAGENT_LISTEN": "127.0.0.1:2222"}
     cfg = build_config(path, env, {"listen": "127.0.0.1:3333"})
 
@@ -48,8 +51,9 @@ def test_env_nesting_and_config_variable(tmp_path: Path) -> None:
 
     assert 5.0 == cfg.interval
     assert "loadavg" not in cfg.enabled_collectors()
-    assert {"collectors": {"cpu": {"timeout": "2s"}}} == env_overrides({"NODEAGENT_COLLECTORS__CPU__TIMEOUT": "2s",
-                                                                        "OTHER": "x"})
+    assert {"collectors": {"cpu": {"timeout": "2s"}}} == env_overrides(
+        {"NODEAGENT_COLLECTORS__CPU__TIMEOUT": "2s", "OTHER": "x"}
+    )
 
 
 def test_timeout_defaults_to_at_most_the_interval() -> None:
@@ -67,13 +71,27 @@ def test_timeout_defaults_to_at_most_the_interval() -> None:
         ("listen: localhost\n", "listen: invalid value 'localhost': expected HOST:PORT"),
         ("listne: 0.0.0.0:1\n", "listne: unknown key; valid keys here: listen, interval"),
         ("paths:\n  proc: /x\n", "paths.proc: unknown key; valid keys here: procfs, sysfs, rootfs"),
-        ("paths:\n  procfs: host/proc\n", "paths.procfs: invalid value 'host/proc': expected an absolute path"),
+        (
+            "paths:\n  procfs: host/proc\n",
+            "paths.procfs: invalid value 'host/proc': expected an absolute path",
+        ),
         ("collectors:\n  gpux: {}\n", "collectors.gpux: unknown collector 'gpux'; valid collectors: "),
-        ("collectors:\n  loadavg:\n    enabled: maybe\n", "collectors.loadavg.enabled: invalid value 'maybe'"),
-        ("collectors:\n  loadavg:\n    timeout: 1m\n", "collectors.loadavg: timeout 60s is longer than its interval 15s"),
-        ("collectors:\n  filesystem:\n    fs_types_exclude: '(('\n",
-         "collectors.filesystem.fs_types_exclude: invalid value '((': not a valid regular expression"),
-        ("log:\n  level: loud\n", "log.level: invalid value 'loud': expected one of debug, info, warning, error"),
+        (
+            "collectors:\n  loadavg:\n    enabled: maybe\n",
+            "collectors.loadavg.enabled: invalid value 'maybe'",
+        ),
+        (
+            "collectors:\n  loadavg:\n    timeout: 1m\n",
+            "collectors.loadavg: timeout 60s is longer than its interval 15s",
+        ),
+        (
+            "collectors:\n  filesystem:\n    fs_types_exclude: '(('\n",
+            "collectors.filesystem.fs_types_exclude: invalid value '((': not a valid regular expression",
+        ),
+        (
+            "log:\n  level: loud\n",
+            "log.level: invalid value 'loud': expected one of debug, info, warning, error",
+        ),
         ("- a\n- b\n", "expected a mapping of keys at the top, got list"),
         ("interval: [1\n", "invalid YAML at line 2, column 1"),
     ],
@@ -100,8 +118,10 @@ def test_missing_file_is_named(tmp_path: Path) -> None:
         build_config(str(tmp_path / "absent.yaml"), {})
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("15s", 15.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), (3, 3.0),
-                                               ("0.25", 0.25)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("15s", 15.0), ("500ms", 0.5), ("2m", 120.0), ("1h", 3600.0), (3, 3.0), ("0.25", 0.25)],
+)
 def test_durations(text: str | int, seconds: float) -> None:
     """Durations accept ms, s, m, h and bare seconds."""
     assert seconds == parse_duration(text)

@@ -46,8 +46,10 @@ def test_text_round_trip() -> None:
     assert {
         ("node_cpu_seconds_total", (("cpu", "0"), ("mode", "idle"))): 123.25,
         ("node_cpu_seconds_total", (("cpu", "0"), ("mode", "user"))): 7.0,
-        ("node_filesystem_avail_bytes", (("device", '/dev/"odd"'), ("fstype", "ext4"),
-                                         ("mountpoint", "/mnt/with space\\and\nnewline"))): 1024.0,
+        (
+            "node_filesystem_avail_bytes",
+            (("device", '/dev/"odd"'), ("fstype", "ext4"), ("mountpoint", "/mnt/with space\\and\nnewline")),
+        ): 1024.0,
         ("nodeagent_build_info", (("version", "1.0"),)): 1.0,
         ("node_vmstat_pgfault", ()): 5.0,
         ("node_load1", ()): 0.5,
@@ -71,8 +73,12 @@ def test_openmetrics_round_trip() -> None:
 def test_special_values() -> None:
     """NaN and infinities use the spelling Prometheus parsers accept; integral floats print as integers."""
     assert ["NaN", "+Inf", "-Inf", "1", "0.1", "12345678901234567890"] == [
-        format_value(math.nan), format_value(math.inf), format_value(-math.inf), format_value(True),
-        format_value(0.1), format_value(12345678901234567890),
+        format_value(math.nan),
+        format_value(math.inf),
+        format_value(-math.inf),
+        format_value(True),
+        format_value(0.1),
+        format_value(12345678901234567890),
     ]
     g = gauge("x", "X.", ("k",))
     g.add(("a",), math.inf)
@@ -109,7 +115,11 @@ label_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("
 
 
 @settings(max_examples=200, deadline=None)
-@given(values=st.lists(st.tuples(label_text, st.floats(allow_nan=False)), min_size=1, max_size=5, unique_by=lambda t: t[0]))
+@given(
+    values=st.lists(
+        st.tuples(label_text, st.floats(allow_nan=False)), min_size=1, max_size=5, unique_by=lambda t: t[0]
+    )
+)
 def test_any_label_value_round_trips(values: list[tuple[str, float]]) -> None:
     """Arbitrary label values and floats survive escaping in both formats."""
     g = gauge("prop_test", "Property test.", ("v",))
@@ -159,8 +169,11 @@ def test_failed_collector_families_are_dropped() -> None:
     [
         (None, False),
         ("text/plain; version=0.0.4", False),
-        ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-         "text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
+        (
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+            "text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            True,
+        ),
         ("application/openmetrics-text", True),
     ],
 )
@@ -183,8 +196,8 @@ def test_promtool_accepts_output() -> None:
     promtool = require_binary("promtool", "prometheus")
     exposition = Exposition(["a"], lambda: [])
     exposition.publish("a", _families())
-    proc = subprocess.run([promtool, "check", "metrics"], input=exposition.body(False, False), capture_output=True,
-                          check=False)
+    proc = subprocess.run(
+        [promtool, "check", "metrics"], input=exposition.body(False, False), capture_output=True, check=False
+    )
 
     assert (0, b"", b"") == (proc.returncode, proc.stdout, proc.stderr)
-

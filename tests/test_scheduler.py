@@ -39,13 +39,16 @@ class Scripted:
         self.closed = True
 
 
-def _runner(name: str, collector: Scripted, exposition: Exposition, interval: float = 1.0, timeout: float = 1.0):  # type: ignore[no-untyped-def]
+def _runner(
+    name: str, collector: Scripted, exposition: Exposition, interval: float = 1.0, timeout: float = 1.0
+):  # type: ignore[no-untyped-def]
     state = CollectorState(name, interval, timeout)
     return CollectorRunner(name, collector, state, exposition, jitter=0.0, log=structlog.get_logger())
 
 
 async def test_failure_drops_only_that_collectors_families() -> None:
     """A raising collector publishes nothing and reports success 0; its neighbour is unaffected."""
+
     async def good(_: int) -> Sequence[MetricFamily]:
         return [single("good_metric", "gauge", "Good.", 1)]
 
@@ -69,6 +72,7 @@ async def test_failure_drops_only_that_collectors_families() -> None:
 
 async def test_timeout_fails_the_cycle_and_next_cycle_recovers() -> None:
     """A cycle that exceeds its timeout fails as 'timeout'; a later quick cycle succeeds and publishes."""
+
     async def slow_then_fast(call: int) -> Sequence[MetricFamily]:
         if call == 1:
             await asyncio.sleep(10)
@@ -88,6 +92,7 @@ async def test_timeout_fails_the_cycle_and_next_cycle_recovers() -> None:
 
 async def test_repeated_identical_error_is_logged_once() -> None:
     """The same error on every cycle is logged once, not every cycle."""
+
     async def bad(_: int) -> Sequence[MetricFamily]:
         raise OSError("EIO")
 
@@ -102,6 +107,7 @@ async def test_repeated_identical_error_is_logged_once() -> None:
 
 async def test_nodata_is_success_without_data() -> None:
     """NoDataError is not a failure: success 1, has_data 0, reason kept for doctor and the index page."""
+
     async def absent(_: int) -> Sequence[MetricFamily]:
         raise NoDataError("no GPU here", "install the driver")
 
@@ -109,13 +115,18 @@ async def test_nodata_is_success_without_data() -> None:
     await runner.run_once()
 
     assert (True, False, "nodata", "no GPU here") == (
-        runner.state.success, runner.state.has_data, runner.state.status, runner.state.nodata_reason)
+        runner.state.success,
+        runner.state.has_data,
+        runner.state.status,
+        runner.state.nodata_reason,
+    )
 
 
 async def test_never_overlaps_and_counts_skipped_ticks() -> None:
     """A collector that blocks the loop past its interval never runs twice at once; missed ticks are counted."""
+
     async def blocking(_: int) -> Sequence[MetricFamily]:
-        time.sleep(0.25)  # blocks the loop, as a misbehaving collector would
+        time.sleep(0.25)  # noqa: ASYNC251 - blocks the loop, as a misbehaving collector would
         return []
 
     collector = Scripted(blocking)
@@ -133,6 +144,7 @@ async def test_never_overlaps_and_counts_skipped_ticks() -> None:
 
 async def test_cycles_run_on_the_interval() -> None:
     """A quick collector on a 0.1 s interval runs about 10 times a second, with no skips."""
+
     async def quick(_: int) -> Sequence[MetricFamily]:
         return []
 
@@ -147,6 +159,7 @@ async def test_cycles_run_on_the_interval() -> None:
 
 async def test_each_cycle_has_its_own_trace_id() -> None:
     """Log lines inside a cycle carry a W3C trace id (32 hex) and span id (16 hex), new for each cycle."""
+
     async def chatty(call: int) -> Sequence[MetricFamily]:
         structlog.get_logger().info("inside", call=call)
         structlog.get_logger().info("inside.again", call=call)

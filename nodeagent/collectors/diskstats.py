@@ -28,15 +28,17 @@ from nodeagent.metrics import FamilyBuilder, LabelValues, MetricFamily, MetricTy
 #: node_exporter's ``--collector.diskstats.device-exclude`` default: partitions, RAM, loop and floppy devices.
 DEFAULT_DEVICE_EXCLUDE = r"^(z?ram|loop|fd|(h|s|v|xv)d[a-z]|nvme\d+n\d+p)\d+$"
 
-_SECTOR_BYTES = 512.0  # diskstats sectors are always 512 bytes (Documentation/admin-guide/iostats.rst)
-_MS = 0.001
+# Each column is divided by its divisor: a division rounds once, so 5270 ms becomes the double nearest 5.27
+# (multiplying by 0.001 would not), and dividing by 2^-9 is an exact multiplication by 512.
+_SECTORS_TO_BYTES = 1 / 512  # diskstats sectors are 512 bytes (Documentation/admin-guide/iostats.rst)
+_MS_TO_SECONDS = 1000.0
 
-# The stat columns after "major minor name", in order: (family, type, help, scale).
+# The stat columns after "major minor name", in order: (family, type, help, divisor).
 _COLUMNS: tuple[tuple[str, MetricType, str, float], ...] = (
     ("node_disk_reads_completed_total", "counter", "The total number of reads completed successfully.", 1.0),
     ("node_disk_reads_merged_total", "counter", "The total number of reads merged.", 1.0),
-    ("node_disk_read_bytes_total", "counter", "The total number of bytes read successfully.", _SECTOR_BYTES),
-    ("node_disk_read_time_seconds_total", "counter", "The total number of seconds spent by all reads.", _MS),
+    ("node_disk_read_bytes_total", "counter", "The total number of bytes read successfully.", _SECTORS_TO_BYTES),
+    ("node_disk_read_time_seconds_total", "counter", "The total number of seconds spent by all reads.", _MS_TO_SECONDS),
     (
         "node_disk_writes_completed_total",
         "counter",
@@ -48,21 +50,21 @@ _COLUMNS: tuple[tuple[str, MetricType, str, float], ...] = (
         "node_disk_written_bytes_total",
         "counter",
         "The total number of bytes written successfully.",
-        _SECTOR_BYTES,
+        _SECTORS_TO_BYTES,
     ),
     (
         "node_disk_write_time_seconds_total",
         "counter",
         "This is the total number of seconds spent by all writes.",
-        _MS,
+        _MS_TO_SECONDS,
     ),
     ("node_disk_io_now", "gauge", "The number of I/Os currently in progress.", 1.0),
-    ("node_disk_io_time_seconds_total", "counter", "Total seconds spent doing I/Os.", _MS),
+    ("node_disk_io_time_seconds_total", "counter", "Total seconds spent doing I/Os.", _MS_TO_SECONDS),
     (
         "node_disk_io_time_weighted_seconds_total",
         "counter",
         "The weighted # of seconds spent doing I/Os.",
-        _MS,
+        _MS_TO_SECONDS,
     ),
     (
         "node_disk_discards_completed_total",
@@ -81,7 +83,7 @@ _COLUMNS: tuple[tuple[str, MetricType, str, float], ...] = (
         "node_disk_discard_time_seconds_total",
         "counter",
         "This is the total number of seconds spent by all discards.",
-        _MS,
+        _MS_TO_SECONDS,
     ),
     (
         "node_disk_flush_requests_total",
@@ -93,7 +95,7 @@ _COLUMNS: tuple[tuple[str, MetricType, str, float], ...] = (
         "node_disk_flush_requests_time_seconds_total",
         "counter",
         "This is the total number of seconds spent by all flush requests.",
-        _MS,
+        _MS_TO_SECONDS,
     ),
 )
 _NCOLUMNS = len(_COLUMNS)
@@ -222,7 +224,7 @@ class DiskstatsCollector(BaseCollector):
             FamilyBuilder(name, kind, help_, ("device",)) for name, kind, help_, _ in _COLUMNS
         ]
         adds = [b.add for b in builders]
-        scales = [scale for _, _, _, scale in _COLUMNS]
+        divisors = [divisor for _, _, _, divisor in _COLUMNS]
         info = gauge("node_disk_info", _INFO_HELP, _INFO_LABELS)
         devices = self._devices
         for disk in disks:
@@ -244,7 +246,7 @@ class DiskstatsCollector(BaseCollector):
                 1.0,
             )
             for i, value in enumerate(disk.stats):
-                adds[i](labels, value * scales[i])
+                adds[i](labels, value / divisors[i])
         # A family the kernel does not print (discards before 4.18, flushes before 5.5) is left out entirely.
         return [family for b in (*builders, info) if (family := b.build()).samples]
 

@@ -28,7 +28,9 @@ from nodeagent.hostfs import ParseError, read_text
 from nodeagent.metrics import MetricFamily, gauge
 
 # node_exporter's defaults (collector/filesystem_linux.go).
-DEFAULT_MOUNT_POINTS_EXCLUDE = r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+DEFAULT_MOUNT_POINTS_EXCLUDE = (
+    r"^/(dev|proc|run/credentials/.+|sys|var/lib/docker/.+|var/lib/containers/storage/.+)($|/)"
+)
 DEFAULT_FS_TYPES_EXCLUDE = (
     r"^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|"
     r"overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|erofs|sysfs|tracefs)$"
@@ -80,8 +82,10 @@ def parse_mountinfo(text: str, source: str = "mountinfo") -> list[Mount]:
                 )
             )
         except (ValueError, IndexError) as exc:
-            raise ParseError(f"{source}: line {lineno}: {line!r}: expected 'id parent maj:min root mountpoint "
-                             "options ... - fstype source superoptions'") from exc
+            raise ParseError(
+                f"{source}: line {lineno}: {line!r}: expected 'id parent maj:min root mountpoint "
+                "options ... - fstype source superoptions'"
+            ) from exc
     return mounts
 
 
@@ -116,7 +120,9 @@ class FsStats:
 def statfs(path: str) -> FsStats:
     """statfs(2) one path; sizes use f_bsize like node_exporter."""
     st = os.statvfs(path)
-    return FsStats(st.f_blocks * st.f_bsize, st.f_bfree * st.f_bsize, st.f_bavail * st.f_bsize, st.f_files, st.f_ffree)
+    return FsStats(
+        st.f_blocks * st.f_bsize, st.f_bfree * st.f_bsize, st.f_bavail * st.f_bsize, st.f_files, st.f_ffree
+    )
 
 
 _LABELS = ("device", "mountpoint", "fstype")
@@ -166,22 +172,29 @@ class FilesystemCollector:
         for m in mounts:
             if m.mountpoint in self._stuck:
                 continue
-            pending[m.mountpoint] = loop.run_in_executor(self._pool, self.statfs, self._paths.root(m.mountpoint))
+            pending[m.mountpoint] = loop.run_in_executor(
+                self._pool, self.statfs, self._paths.root(m.mountpoint)
+            )
         if pending:
             await asyncio.wait(pending.values(), timeout=self._timeout)
 
         size = gauge("node_filesystem_size_bytes", "Filesystem size in bytes.", _LABELS)
         free = gauge("node_filesystem_free_bytes", "Filesystem free space in bytes.", _LABELS)
-        avail = gauge("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", _LABELS)
+        avail = gauge(
+            "node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", _LABELS
+        )
         files = gauge("node_filesystem_files", "Filesystem total file nodes.", _LABELS)
         files_free = gauge("node_filesystem_files_free", "Filesystem total free file nodes.", _LABELS)
         readonly = gauge("node_filesystem_readonly", "Filesystem read-only status.", _LABELS)
         device_error = gauge(
-            "node_filesystem_device_error", "Whether an error occurred while getting statistics for the given device.",
+            "node_filesystem_device_error",
+            "Whether an error occurred while getting statistics for the given device.",
             _LABELS,
         )
         mount_info = gauge(
-            "node_filesystem_mount_info", "Filesystem mount information.", ("device", "major", "minor", "mountpoint")
+            "node_filesystem_mount_info",
+            "Filesystem mount information.",
+            ("device", "major", "minor", "mountpoint"),
         )
         for m in mounts:
             key = (m.device, m.mountpoint, m.fstype)

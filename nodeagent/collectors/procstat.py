@@ -66,9 +66,7 @@ def parse_proc_stat(text: str, source: str = "/proc/stat", *, with_cpus: bool = 
             fields = line.split()
             cpu = fields[0][3:]
             if not cpu.isdigit() or len(fields) < 5:
-                raise ParseError(
-                    f"{source}: line {lineno}: expected 'cpuN user nice system idle ...': {line!r}"
-                )
+                raise ParseError(f"{source}: line {lineno}: expected 'cpuN user nice system idle ...': {line!r}")
             try:
                 ticks = tuple(map(int, fields[1 : _NCOLUMNS + 1]))
             except ValueError:
@@ -86,9 +84,7 @@ def parse_proc_stat(text: str, source: str = "/proc/stat", *, with_cpus: bool = 
         try:
             scalars[field] = int(first)
         except ValueError:
-            raise ParseError(
-                f"{source}: line {lineno}: not an integer after {key!r}: {line[:80]!r}"
-            ) from None
+            raise ParseError(f"{source}: line {lineno}: not an integer after {key!r}: {line[:80]!r}") from None
     return ProcStat(
         cpus=tuple(cpus),
         boot_time=scalars.get("boot_time"),

@@ -35,7 +35,11 @@ class SelfCollector(BaseCollector):
     def __init__(self, ctx: CollectorContext, cfg: SelfConfig) -> None:
         self._process = psutil.Process()
         self._start_time = self._process.create_time()
-        build = info("nodeagent_build_info", "nodeagent version and the Python it runs on.", ("version", "python_version"))
+        build = info(
+            "nodeagent_build_info",
+            "nodeagent version and the Python it runs on.",
+            ("version", "python_version"),
+        )
         build.add((__version__, platform.python_version()), 1)
         self._static: list[MetricFamily] = [build.build()]
         if cfg.node_exporter_build_info:
@@ -47,7 +51,9 @@ class SelfCollector(BaseCollector):
             compat.add((__version__, "nodeagent", "", "python" + platform.python_version()), 1)
             # node_exporter types it as a gauge; keep the TYPE identical for dashboards and recording rules.
             family = compat.build()
-            self._static.append(MetricFamily(family.name, "gauge", family.help, family.labelnames, family.samples))
+            self._static.append(
+                MetricFamily(family.name, "gauge", family.help, family.labelnames, family.samples)
+            )
 
     async def collect(self) -> Sequence[MetricFamily]:
         """Return the process families."""
@@ -60,14 +66,22 @@ class SelfCollector(BaseCollector):
         soft_fds, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         g: MetricType = "gauge"
         return [
-            single("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.",
-                   cpu.user + cpu.system),
+            single(
+                "process_cpu_seconds_total",
+                "counter",
+                "Total user and system CPU time spent in seconds.",
+                cpu.user + cpu.system,
+            ),
             single("process_resident_memory_bytes", g, "Resident memory size in bytes.", mem.rss),
             single("process_virtual_memory_bytes", g, "Virtual memory size in bytes.", mem.vms),
             single("process_open_fds", g, "Number of open file descriptors.", fds),
             single("process_max_fds", g, "Maximum number of open file descriptors.", soft_fds),
-            single("process_start_time_seconds", g, "Start time of the process since unix epoch in seconds.",
-                   self._start_time),
+            single(
+                "process_start_time_seconds",
+                g,
+                "Start time of the process since unix epoch in seconds.",
+                self._start_time,
+            ),
             single("process_threads", g, "Number of OS threads in the process.", threads),
             *self._static,
         ]

@@ -13,7 +13,17 @@ from collections.abc import Sequence
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec
 from nodeagent.collectors.procstat import parse_proc_stat
 from nodeagent.hostfs import read_text
-from nodeagent.metrics import MetricFamily, single
+from nodeagent.metrics import MetricFamily, MetricType, single
+
+# (ProcStat field, family, type, help) in exposition order.
+_FAMILIES: tuple[tuple[str, str, MetricType, str], ...] = (
+    ("boot_time", "node_boot_time_seconds", "gauge", "Node boot time, in unixtime."),
+    ("context_switches", "node_context_switches_total", "counter", "Total number of context switches."),
+    ("forks", "node_forks_total", "counter", "Total number of forks."),
+    ("interrupts", "node_intr_total", "counter", "Total number of interrupts serviced."),
+    ("procs_running", "node_procs_running", "gauge", "Number of processes in runnable state."),
+    ("procs_blocked", "node_procs_blocked", "gauge", "Number of processes blocked waiting for I/O to complete."),
+)
 
 
 class StatCollector(BaseCollector):
@@ -26,50 +36,10 @@ class StatCollector(BaseCollector):
         """Return boot time, context switches, forks, interrupts and runnable/blocked process counts."""
         stat = parse_proc_stat(read_text(self._path), self._path, with_cpus=False)
         out: list[MetricFamily] = []
-        if stat.boot_time is not None:
-            out.append(
-                single(
-                    "node_boot_time_seconds", "gauge", "Node boot time, in unixtime.", float(stat.boot_time)
-                )
-            )
-        if stat.context_switches is not None:
-            out.append(
-                single(
-                    "node_context_switches_total",
-                    "counter",
-                    "Total number of context switches.",
-                    float(stat.context_switches),
-                )
-            )
-        if stat.forks is not None:
-            out.append(single("node_forks_total", "counter", "Total number of forks.", float(stat.forks)))
-        if stat.interrupts is not None:
-            out.append(
-                single(
-                    "node_intr_total",
-                    "counter",
-                    "Total number of interrupts serviced.",
-                    float(stat.interrupts),
-                )
-            )
-        if stat.procs_running is not None:
-            out.append(
-                single(
-                    "node_procs_running",
-                    "gauge",
-                    "Number of processes in runnable state.",
-                    float(stat.procs_running),
-                )
-            )
-        if stat.procs_blocked is not None:
-            out.append(
-                single(
-                    "node_procs_blocked",
-                    "gauge",
-                    "Number of processes blocked waiting for I/O to complete.",
-                    float(stat.procs_blocked),
-                )
-            )
+        for field, name, kind, help_ in _FAMILIES:
+            value: int | None = getattr(stat, field)
+            if value is not None:  # a line the kernel did not print is left out, not reported as 0
+                out.append(single(name, kind, help_, float(value)))
         return out
 
 

@@ -48,9 +48,7 @@ class TimeCollector(BaseCollector):
     def _clocksources(self) -> list[ClockSource]:
         try:
             # Sorted as Go's filepath.Glob sorts them, so device indexes match node_exporter's.
-            names = sorted(
-                n for n in os.listdir(self._dir) if n.startswith("clocksource") and n[11:].isdigit()
-            )
+            names = sorted(n for n in os.listdir(self._dir) if n.startswith("clocksource") and n[11:].isdigit())
         except FileNotFoundError:
             return []
         sources = []

@@ -125,8 +125,7 @@ class TimexCollector(BaseCollector):
 def families(values: TimexValues) -> tuple[MetricFamily, ...]:
     """The ``node_timex_*`` families of one reading."""
     return tuple(
-        MetricFamily(name, kind, help_, (), (((), getattr(values, field)),))
-        for field, name, kind, help_ in _FAMILIES
+        MetricFamily(name, kind, help_, (), (((), getattr(values, field)),)) for field, name, kind, help_ in _FAMILIES
     )
 
 

@@ -37,8 +37,7 @@ class VmstatConfig(CollectorConfig):
             re.compile(value)
         except re.error as exc:
             raise ValueError(
-                f"fields: {value!r} is not a valid regular expression ({exc}); "
-                f"expected one such as {DEFAULT_FIELDS!r}"
+                f"fields: {value!r} is not a valid regular expression ({exc}); expected one such as {DEFAULT_FIELDS!r}"
             ) from None
         return value
 

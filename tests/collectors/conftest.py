@@ -45,13 +45,17 @@ def live_paths() -> HostPaths:
     return HostPaths()
 
 
+def make_ctx(name: str, paths: HostPaths) -> CollectorContext:
+    """The context the agent gives a collector, with a structlog logger."""
+    return CollectorContext(name=name, paths=paths, log=structlog.get_logger())
+
+
 @pytest.fixture
 def make_collector() -> MakeCollector:
     """Build a collector from its spec the way the agent does: validated config model, then factory."""
 
     def make(spec: CollectorSpec[Any], paths: HostPaths, **options: Any) -> Collector:
-        ctx = CollectorContext(name=spec.name, paths=paths, log=structlog.get_logger())
-        return spec.factory(ctx, spec.config_model(**options))
+        return spec.factory(make_ctx(spec.name, paths), spec.config_model(**options))
 
     return make
 
@@ -74,3 +78,13 @@ def collect(make_collector: MakeCollector) -> Collect:
             await collector.aclose()
 
     return run
+
+
+def read_host(path: str) -> str:
+    """Read a file of this machine directly, for live tests to compare a collector with a fresh read."""
+    return Path(path).read_text()
+
+
+def host_has(path: str) -> bool:
+    """Whether this machine has a path (a live test's prerequisite)."""
+    return Path(path).exists()

@@ -13,7 +13,13 @@ import pytest
 import structlog
 
 from nodeagent.collector import CollectorContext, NoDataError
-from nodeagent.collectors.filesystem import FilesystemCollector, FilesystemConfig, FsStats, parse_mountinfo, statfs
+from nodeagent.collectors.filesystem import (
+    FilesystemCollector,
+    FilesystemConfig,
+    FsStats,
+    parse_mountinfo,
+    statfs,
+)
 from nodeagent.hostfs import HostPaths, ParseError
 from nodeagent.metrics import MetricFamily
 
@@ -30,10 +36,14 @@ MOUNTINFO = textwrap.dedent("""\
 
 def _collector(root: Path, **cfg: object) -> FilesystemCollector:
     paths = HostPaths(procfs=str(root / "proc"), sysfs=str(root / "sys"), rootfs=str(root))
-    return FilesystemCollector(CollectorContext("filesystem", paths, structlog.get_logger()), FilesystemConfig(**cfg))
+    return FilesystemCollector(
+        CollectorContext("filesystem", paths, structlog.get_logger()), FilesystemConfig(**cfg)
+    )
 
 
-def _by_name(families: list[MetricFamily] | tuple[MetricFamily, ...]) -> dict[str, dict[tuple[str, ...], float]]:
+def _by_name(
+    families: list[MetricFamily] | tuple[MetricFamily, ...],
+) -> dict[str, dict[tuple[str, ...], float]]:
     return {f.name: dict(f.samples) for f in families}
 
 
@@ -52,8 +62,13 @@ def test_parse_mountinfo() -> None:
     mounts = parse_mountinfo(MOUNTINFO)
 
     assert 7 == len(mounts)
-    assert ("254", "0", "/", "ext4", "/dev/vda") == (mounts[0].major, mounts[0].minor, mounts[0].mountpoint,
-                                                     mounts[0].fstype, mounts[0].device)
+    assert ("254", "0", "/", "ext4", "/dev/vda") == (
+        mounts[0].major,
+        mounts[0].minor,
+        mounts[0].mountpoint,
+        mounts[0].fstype,
+        mounts[0].device,
+    )
     assert "/mnt/with space" == mounts[4].mountpoint
     assert "ro" in mounts[3].options
 
@@ -70,7 +85,11 @@ async def test_values_and_exclusions(host: Path) -> None:
     avail = families["node_filesystem_avail_bytes"]
     st = os.statvfs(host / "data")
 
-    assert {("/dev/vda", "/", "ext4"), ("/dev/sdc1", "/data", "ext4"), ("tmpfs", "/mnt/with space", "tmpfs")} == set(avail)
+    assert {
+        ("/dev/vda", "/", "ext4"),
+        ("/dev/sdc1", "/data", "ext4"),
+        ("tmpfs", "/mnt/with space", "tmpfs"),
+    } == set(avail)
     assert st.f_bavail * st.f_bsize == avail[("/dev/sdc1", "/data", "ext4")]
     assert st.f_blocks * st.f_bsize == families["node_filesystem_size_bytes"][("/dev/sdc1", "/data", "ext4")]
     assert st.f_files == families["node_filesystem_files"][("/dev/sdc1", "/data", "ext4")]

@@ -22,7 +22,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+def http_get(
+    url: str, headers: dict[str, str] | None = None, timeout: float = 5.0
+) -> tuple[int, dict[str, str], bytes]:
     """GET a URL; returns status, headers and body (also for 4xx/5xx)."""
     req = urllib.request.Request(url, headers=headers or {})
     try:
@@ -63,8 +65,9 @@ class AgentProcess:
 
 
 @contextlib.contextmanager
-def run_agent(args: Sequence[str] = (), tmp_dir: str = "/tmp", ready: bool = True, env: dict[str, str] | None = None
-              ) -> Iterator[AgentProcess]:
+def run_agent(
+    args: Sequence[str] = (), tmp_dir: str = "/tmp", ready: bool = True, env: dict[str, str] | None = None
+) -> Iterator[AgentProcess]:
     """Run ``nodeagent run --listen 127.0.0.1:<free>`` and stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
     log_path = os.path.join(tmp_dir, f"nodeagent-{port}.log")
@@ -74,8 +77,11 @@ def run_agent(args: Sequence[str] = (), tmp_dir: str = "/tmp", ready: bool = Tru
     agent = AgentProcess(proc, port, log_path)
     try:
         if ready:
-            wait_until(lambda: proc.poll() is not None or http_get(agent.url + "/readyz")[0] == 200, 30,
-                       "the agent to become ready")
+            wait_until(
+                lambda: proc.poll() is not None or http_get(agent.url + "/readyz")[0] == 200,
+                30,
+                "the agent to become ready",
+            )
             assert proc.poll() is None, f"agent exited early:\n{agent.log()}"
         yield agent
     finally:

@@ -24,8 +24,10 @@ from tests.integration.agent_proc import free_port, http_get, run_agent
 
 pytestmark = pytest.mark.integration
 
-PROM_ACCEPT = ("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
-               "text/plain;version=0.0.4;q=0.5,*/*;q=0.1")
+PROM_ACCEPT = (
+    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+    "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+)
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -44,7 +46,10 @@ def test_endpoints_formats_and_compression(tmp_path) -> None:  # type: ignore[no
 
     assert (200, "text/plain; version=0.0.4; charset=utf-8") == (status, headers["Content-Type"])
     assert "node_load1" in {f.name for f in text_parse(body.decode())}
-    assert (200, "application/openmetrics-text; version=1.0.0; charset=utf-8") == (om_status, om_headers["Content-Type"])
+    assert (200, "application/openmetrics-text; version=1.0.0; charset=utf-8") == (
+        om_status,
+        om_headers["Content-Type"],
+    )
     assert "node_load1" in {f.name for f in om_parse(om_body.decode())}
     assert (200, "gzip") == (gz_status, gz_headers["Content-Encoding"])
     assert "node_load1" in gzip.decompress(gz_body).decode()
@@ -72,8 +77,13 @@ def test_port_in_use_exits_2_with_a_clear_message() -> None:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run([sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}"],
-                              capture_output=True, text=True, timeout=30, check=False)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
     assert 2 == proc.returncode
     assert f"listen 127.0.0.1:{port}: cannot serve: address already in use" in proc.stderr
@@ -89,8 +99,10 @@ def test_logs_are_ecs_json_with_trace_ids(tmp_path) -> None:  # type: ignore[no-
     cycles = [r for r in records if r["message"] == "collector.cycle"]
 
     assert records
-    assert all({"@timestamp", "log.level", "message", "service.name", "host.name", "ecs.version"} <= r.keys()
-               for r in records)
+    assert all(
+        {"@timestamp", "log.level", "message", "service.name", "host.name", "ecs.version"} <= r.keys()
+        for r in records
+    )
     assert all(r["@timestamp"].endswith("Z") for r in records)
     assert cycles
     assert all(len(r["trace.id"]) == 32 and len(r["span.id"]) == 16 for r in cycles)
@@ -131,8 +143,11 @@ def test_values_match_the_kernel(tmp_path) -> None:  # type: ignore[no-untyped-d
     sampled_at = samples[("nodeagent_collector_last_success_timestamp_seconds", (("collector", "cpu"),))]
     drift = now - sampled_at + 0.05  # a CPU mode can advance at most 1 s per second of drift
 
-    agent_cpu = {(dict(k[1])["cpu"], dict(k[1])["mode"]): v for k, v in samples.items()
-                 if k[0] == "node_cpu_seconds_total"}
+    agent_cpu = {
+        (dict(k[1])["cpu"], dict(k[1])["mode"]): v
+        for k, v in samples.items()
+        if k[0] == "node_cpu_seconds_total"
+    }
     assert set(kernel_cpu) == set(agent_cpu)
     for key, kernel_value in kernel_cpu.items():
         assert 0 <= kernel_value - agent_cpu[key] <= drift, (key, kernel_value, agent_cpu[key], drift)
