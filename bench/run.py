@@ -467,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if importlib.util.find_spec("nodeagent") is None:
         parser.error("nodeagent is not importable (pip install -e .)")
 
-    # SIGTERM/SIGHUP unwind through the context managers like Ctrl-C does, so both exporters stop.
+    # SIGTERM/SIGHUP unwind through the context managers like Ctrl-C does, so both exporters stop (and
+    # SIGINT works even when a shell started us in the background with it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 

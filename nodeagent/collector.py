@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Protocol, TypeVar
 
 import structlog
-from pydantic import BaseModel, BeforeValidator, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily
@@ -44,6 +44,18 @@ def parse_duration(value: Any) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def check_regex(value: str) -> str:
+    """Accept a string only if it compiles as a Python regular expression."""
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"not a valid regular expression ({exc})") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(check_regex)]
 
 
 class CollectorConfig(BaseModel):

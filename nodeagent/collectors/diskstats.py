@@ -19,9 +19,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pydantic import field_validator
-
-from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec
+from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, Regex
 from nodeagent.hostfs import ParseError, read_text
 from nodeagent.metrics import FamilyBuilder, LabelValues, MetricFamily, MetricType, gauge
 
@@ -107,20 +105,9 @@ _FILTER_CACHE_MAX = 4096  # bounds the per-name filter cache on hosts that churn
 class DiskstatsConfig(CollectorConfig):
     """Options of the diskstats collector."""
 
-    device_exclude: str = DEFAULT_DEVICE_EXCLUDE
+    device_exclude: Regex = DEFAULT_DEVICE_EXCLUDE
     """Regular expression (searched, as Go's ``MatchString``) of device names not to report."""
 
-    @field_validator("device_exclude")
-    @classmethod
-    def _check_regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(
-                f"device_exclude: {value!r} is not a valid regular expression ({exc}); "
-                f"expected one such as {DEFAULT_DEVICE_EXCLUDE!r}"
-            ) from None
-        return value
 
 
 @dataclass(frozen=True, slots=True)

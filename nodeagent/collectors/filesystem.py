@@ -21,9 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from pydantic import field_validator
-
-from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, Duration, NoDataError
+from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, Duration, NoDataError, Regex
 from nodeagent.hostfs import ParseError, read_text
 from nodeagent.metrics import MetricFamily, gauge
 
@@ -92,18 +90,10 @@ def parse_mountinfo(text: str, source: str = "mountinfo") -> list[Mount]:
 class FilesystemConfig(CollectorConfig):
     """Options of the ``filesystem`` collector."""
 
-    mount_points_exclude: str = DEFAULT_MOUNT_POINTS_EXCLUDE
-    fs_types_exclude: str = DEFAULT_FS_TYPES_EXCLUDE
+    mount_points_exclude: Regex = DEFAULT_MOUNT_POINTS_EXCLUDE
+    fs_types_exclude: Regex = DEFAULT_FS_TYPES_EXCLUDE
     mount_timeout: Duration = 5.0
 
-    @field_validator("mount_points_exclude", "fs_types_exclude")
-    @classmethod
-    def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"not a valid regular expression: {exc}") from exc
-        return value
 
 
 @dataclass(frozen=True, slots=True)
