@@ -1,19 +1,53 @@
-import time, random
-from nodeagent.metrics import counter
+"""
+Micro-benchmark of the exposition renderer: microseconds per series per cycle.
+
+5,000 container-style series (6 labels, label tuples reused across cycles as the collectors' caches do),
+half of the families with integer values, half with float seconds; 0 %, 50 % and 100 % of the values
+changed between cycles. Run: ``python3 bench/render_micro.py``.
+"""
+
+from __future__ import annotations
+
+import time
+
 from nodeagent.exposition import FamilyRenderer
-LV=[(f"/kubepods/burstable/pod{i}/abc", f"name{i}", "docker.io/library/busybox:1.36", f"c{i}", f"pod-{i}", "default") for i in range(250)]
-def fams(k, changed):
-    out=[]
+from nodeagent.metrics import MetricFamily, counter
+
+LABELS = ("id", "name", "image", "container", "pod", "namespace")
+SERIES_LABELS = [
+    (f"/kubepods/burstable/pod{i}/abc", f"name{i}", "docker.io/library/busybox:1.36", f"c{i}", f"pod-{i}", "default")
+    for i in range(250)
+]
+
+
+def families(cycle: int, changed_percent: int) -> list[MetricFamily]:
+    """20 families of 250 series; ``changed_percent`` of each family's values move by ``cycle``."""
+    out = []
     for f in range(20):
-        b=counter(f"container_thing_{f}_total","Help.",("id","name","image","container","pod","namespace"))
-        for i in range(250):
-            v = (i*1000003 + (k if (i % 100) < changed else 0))
-            if f % 2: v = v / 1e6   # half the families carry seconds from microseconds
-            b.add(LV[i], v)
-        out.append(b.build())
+        builder = counter(f"container_thing_{f}_total", "Help.", LABELS)
+        for i, labels in enumerate(SERIES_LABELS):
+            value: float = i * 1000003 + (cycle if (i % 100) < changed_percent else 0)
+            if f % 2:
+                value = value / 1e6  # seconds from microseconds, as cgroup CPU counters are
+            builder.add(labels, value)
+        out.append(builder.build())
     return out
-for changed in (0, 50, 100):
-    r=FamilyRenderer(); r.render(fams(0, changed)); best=9
-    for k in range(1,6):
-        fs=fams(k, changed); t=time.perf_counter(); c=r.render(fs); best=min(best,time.perf_counter()-t)
-    print(f"{changed}% of series changed: {best*1e6/c.series:.3f} us/series ({c.series} series)")
+
+
+def main() -> None:
+    """Print the best of five cycles for each change rate."""
+    for changed in (0, 50, 100):
+        renderer = FamilyRenderer()
+        renderer.render(families(0, changed))
+        best = float("inf")
+        series = 0
+        for cycle in range(1, 6):
+            fams = families(cycle, changed)
+            started = time.perf_counter()
+            series = renderer.render(fams).series
+            best = min(best, time.perf_counter() - started)
+        print(f"{changed:3d}% of series changed: {best * 1e6 / series:.3f} us/series ({series} series)")
+
+
+if __name__ == "__main__":
+    main()

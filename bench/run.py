@@ -107,8 +107,9 @@ def start(name: str, cmd_for_port: Callable[[int], list[str]], ready_path: str, 
     port = _free_port()
     log_path = workdir / f"{name}.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd_for_port(port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                                preexec_fn=_die_with_parent)
+        proc = subprocess.Popen(
+            cmd_for_port(port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir, preexec_fn=_die_with_parent
+        )
     target = Target(name, proc, port, log_path)
     try:
         deadline = time.monotonic() + 30
@@ -230,13 +231,23 @@ class Result:
 
 def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
     """One run: start both, warm up, scrape both ``--scrapes`` times at ``--pace``, stop both."""
-    agent_cmd = [sys.executable, "-m", "nodeagent", "run", "--log-level", "warning", "--set",
-                 f"interval={args.interval:g}s", *args.agent_arg]
+    agent_cmd = [
+        sys.executable,
+        "-m",
+        "nodeagent",
+        "run",
+        "--log-level",
+        "warning",
+        "--set",
+        f"interval={args.interval:g}s",
+        *args.agent_arg,
+    ]
     ne_cmd = [args.node_exporter, *args.node_exporter_arg]
     with (
         start("nodeagent", lambda p: [*agent_cmd, "--listen", f"127.0.0.1:{p}"], "/readyz", workdir) as agent,
-        start("node_exporter", lambda p: [*ne_cmd, f"--web.listen-address=127.0.0.1:{p}"], "/metrics",
-              workdir) as node_exporter,
+        start(
+            "node_exporter", lambda p: [*ne_cmd, f"--web.listen-address=127.0.0.1:{p}"], "/metrics", workdir
+        ) as node_exporter,
     ):
         targets = [agent, node_exporter]
         scrapers = {t.name: Scraper(t.port) for t in targets}
@@ -278,8 +289,17 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Result]:
         body, ctype = last[t.name]
         intervals = window / (args.interval if t is agent else args.pace)
         results[t.name] = Result(
-            t.name, cpu1[t.name] - cpu0[t.name], window, args.scrapes, intervals, lat[t.name], rss[t.name],
-            peak[t.name], count_series(body), wire[t.name], ctype.split(";")[0],
+            t.name,
+            cpu1[t.name] - cpu0[t.name],
+            window,
+            args.scrapes,
+            intervals,
+            lat[t.name],
+            rss[t.name],
+            peak[t.name],
+            count_series(body),
+            wire[t.name],
+            ctype.split(";")[0],
             durations if t is agent else {},
         )
     return results
@@ -330,25 +350,45 @@ def report(args: argparse.Namespace, runs: list[dict[str, Result]], command: str
     mib = 1024 * 1024
 
     rows: list[tuple[str, float, float, str]] = [
-        ("CPU per collection interval (ms) ¹", _med([r.cpu_per_interval for r in na]) * 1e3,
-         _med([r.cpu_per_interval for r in ne]) * 1e3, "{:.2f}"),
-        ("CPU per scrape served (ms)", _med([r.cpu_per_scrape for r in na]) * 1e3,
-         _med([r.cpu_per_scrape for r in ne]) * 1e3, "{:.2f}"),
-        ("CPU, % of one core", _med([r.cpu_share for r in na]) * 100, _med([r.cpu_share for r in ne]) * 100,
-         "{:.2f}"),
-        ("scrape latency p50 (ms)", _med([quantile(r.latencies, 0.5) for r in na]) * 1e3,
-         _med([quantile(r.latencies, 0.5) for r in ne]) * 1e3, "{:.2f}"),
-        ("scrape latency p99 (ms)", _med([quantile(r.latencies, 0.99) for r in na]) * 1e3,
-         _med([quantile(r.latencies, 0.99) for r in ne]) * 1e3, "{:.2f}"),
+        (
+            "CPU per collection interval (ms) ¹",
+            _med([r.cpu_per_interval for r in na]) * 1e3,
+            _med([r.cpu_per_interval for r in ne]) * 1e3,
+            "{:.2f}",
+        ),
+        (
+            "CPU per scrape served (ms)",
+            _med([r.cpu_per_scrape for r in na]) * 1e3,
+            _med([r.cpu_per_scrape for r in ne]) * 1e3,
+            "{:.2f}",
+        ),
+        ("CPU, % of one core", _med([r.cpu_share for r in na]) * 100, _med([r.cpu_share for r in ne]) * 100, "{:.2f}"),
+        (
+            "scrape latency p50 (ms)",
+            _med([quantile(r.latencies, 0.5) for r in na]) * 1e3,
+            _med([quantile(r.latencies, 0.5) for r in ne]) * 1e3,
+            "{:.2f}",
+        ),
+        (
+            "scrape latency p99 (ms)",
+            _med([quantile(r.latencies, 0.99) for r in na]) * 1e3,
+            _med([quantile(r.latencies, 0.99) for r in ne]) * 1e3,
+            "{:.2f}",
+        ),
         ("peak RSS (MiB)", _med([r.peak_rss for r in na]) / mib, _med([r.peak_rss for r in ne]) / mib, "{:.1f}"),
-        ("steady RSS (MiB) ²", _med([_med(r.rss) for r in na]) / mib, _med([_med(r.rss) for r in ne]) / mib,
-         "{:.1f}"),
+        ("steady RSS (MiB) ²", _med([_med(r.rss) for r in na]) / mib, _med([_med(r.rss) for r in ne]) / mib, "{:.1f}"),
         ("series per scrape", _med([r.series for r in na]), _med([r.series for r in ne]), "{:.0f}"),
-        ("gzip response (KiB)", _med([r.wire_bytes for r in na]) / 1024, _med([r.wire_bytes for r in ne]) / 1024,
-         "{:.1f}"),
+        (
+            "gzip response (KiB)",
+            _med([r.wire_bytes for r in na]) / 1024,
+            _med([r.wire_bytes for r in ne]) / 1024,
+            "{:.1f}",
+        ),
     ]
-    table = ["| figure (median of runs) | nodeagent | node_exporter | nodeagent / node_exporter |",
-             "|---|---:|---:|---:|"]
+    table = [
+        "| figure (median of runs) | nodeagent | node_exporter | nodeagent / node_exporter |",
+        "|---|---:|---:|---:|",
+    ]
     table += [f"| {name} | {fmt.format(a)} | {fmt.format(b)} | {_ratio(a, b)} |" for name, a, b, fmt in rows]
 
     cpu_na, cpu_ne = rows[0][1], rows[0][2]
@@ -361,8 +401,11 @@ def report(args: argparse.Namespace, runs: list[dict[str, Result]], command: str
         f"{p99_ne:.2f} / 4)",
     ]
 
-    per_run = ["| run | exporter | CPU (s) | window (s) | CPU/interval (ms) | p50 (ms) | p99 (ms) | peak RSS (MiB) | "
-               "series | content type |", "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    per_run = [
+        "| run | exporter | CPU (s) | window (s) | CPU/interval (ms) | p50 (ms) | p99 (ms) | peak RSS (MiB) | "
+        "series | content type |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
     for i, run in enumerate(runs, 1):
         for r in run.values():
             per_run.append(
@@ -411,35 +454,37 @@ the two are scraped one after the other, alternating which goes first. nodeagent
 - Series counts differ because the collector sets differ (node_exporter also runs network, netstat,
   sockstat, conntrack and other collectors nodeagent does not have yet); compare CPU with that in mind.
 """
-    return "\n".join([
-        "# Performance: nodeagent and node_exporter side by side",
-        "",
-        "Generated by `bench/run.py`; do not edit by hand (see bench/README.md).",
-        "",
-        "## Result",
-        "",
-        *table,
-        "",
-        "Targets:",
-        "",
-        *targets,
-        "",
-        "## Machine",
-        "",
-        *facts,
-        "",
-        "## Method",
-        "",
-        method,
-        "## Per run",
-        "",
-        *per_run,
-        "",
-        "## nodeagent collectors",
-        "",
-        *coll,
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Performance: nodeagent and node_exporter side by side",
+            "",
+            "Generated by `bench/run.py`; do not edit by hand (see bench/README.md).",
+            "",
+            "## Result",
+            "",
+            *table,
+            "",
+            "Targets:",
+            "",
+            *targets,
+            "",
+            "## Machine",
+            "",
+            *facts,
+            "",
+            "## Method",
+            "",
+            method,
+            "## Per run",
+            "",
+            *per_run,
+            "",
+            "## nodeagent collectors",
+            "",
+            *coll,
+            "",
+        ]
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -448,12 +493,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=40, help="measured scrapes of each exporter per run")
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured scrapes at the start of each run")
     parser.add_argument("--pace", type=float, default=1.0, help="seconds between scrapes (default 1)")
-    parser.add_argument("--interval", type=float, default=None,
-                        help="nodeagent's collection interval in seconds (default: the pace, so CPU per "
-                             "interval compares with node_exporter's CPU per scrape; nodeagent's own default is 15)")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="nodeagent's collection interval in seconds (default: the pace, so CPU per "
+        "interval compares with node_exporter's CPU per scrape; nodeagent's own default is 15)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="repeat the whole measurement; report medians")
-    parser.add_argument("--output", type=Path, default=REPO_ROOT / "docs" / "performance.md",
-                        help="markdown report path ('-' for stdout only)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=REPO_ROOT / "docs" / "performance.md",
+        help="markdown report path ('-' for stdout only)",
+    )
     parser.add_argument("--node-exporter", default=NODE_EXPORTER, help="node_exporter binary")
     parser.add_argument("--agent-arg", action="append", default=[], help="extra `nodeagent run` argument")
     parser.add_argument("--node-exporter-arg", action="append", default=[], help="extra node_exporter argument")
@@ -477,8 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     runs = []
     with tempfile.TemporaryDirectory(prefix="nodeagent-bench-") as tmp:
         for i in range(args.runs):
-            print(f"run {i + 1}/{args.runs}: {args.warmup} + {args.scrapes} scrapes every {args.pace:g} s, "
-                  f"nodeagent interval {args.interval:g} s", file=sys.stderr, flush=True)
+            print(
+                f"run {i + 1}/{args.runs}: {args.warmup} + {args.scrapes} scrapes every {args.pace:g} s, "
+                f"nodeagent interval {args.interval:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
             workdir = Path(tmp) / f"run{i + 1}"
             workdir.mkdir()
             runs.append(measure(args, workdir))

@@ -51,9 +51,9 @@ class Agent:
             clog = log.bind(**{"nodeagent.collector": name})
             collector = spec.factory(CollectorContext(name, self.paths, clog), cfg.collector(name))
             runners.append(
-                CollectorRunner(name, collector, self.states[name], self.exposition, cfg.jitter, clog)
+                CollectorRunner(name, collector, self.states[name], self.exposition, clog)
             )
-        self.scheduler = Scheduler(runners)
+        self.scheduler = Scheduler(runners, cfg.jitter)
         self.started_at = time.time()
 
     def self_families(self) -> Sequence[MetricFamily]:

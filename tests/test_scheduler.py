@@ -43,7 +43,7 @@ def _runner(
     name: str, collector: Scripted, exposition: Exposition, interval: float = 1.0, timeout: float = 1.0
 ):  # type: ignore[no-untyped-def]
     state = CollectorState(name, interval, timeout)
-    return CollectorRunner(name, collector, state, exposition, jitter=0.0, log=structlog.get_logger())
+    return CollectorRunner(name, collector, state, exposition, log=structlog.get_logger())
 
 
 async def test_failure_drops_only_that_collectors_families() -> None:

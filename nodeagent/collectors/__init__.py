@@ -21,6 +21,7 @@ from nodeagent.collectors import (
     pressure,
     selfstats,
     stat,
+    textfile,
     timecollector,
     timex,
     uname,
@@ -43,6 +44,7 @@ COLLECTORS: dict[str, CollectorSpec[Any]] = {
         timecollector.SPEC,
         timex.SPEC,
         filesystem.SPEC,
+        textfile.SPEC,
         selfstats.SPEC,
     )
 }

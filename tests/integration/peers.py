@@ -99,8 +99,9 @@ class PrometheusPeer:
 
 
 @contextlib.contextmanager
-def run_prometheus(config_yaml: str, rule_files: Sequence[str | os.PathLike[str]], tmp_path: Path | str
-                   ) -> Iterator[PrometheusPeer]:
+def run_prometheus(
+    config_yaml: str, rule_files: Sequence[str | os.PathLike[str]], tmp_path: Path | str
+) -> Iterator[PrometheusPeer]:
     """Run ``prometheus`` with ``config_yaml`` plus ``rule_files`` (absolute paths) until ready; stop it after."""
     binary = require_peer(PROMETHEUS_BIN, "prometheus")
     work = Path(tmp_path) / f"prometheus-{free_port()}"
@@ -124,8 +125,11 @@ def run_prometheus(config_yaml: str, rule_files: Sequence[str | os.PathLike[str]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
     peer = PrometheusPeer(proc, port, log_path, config_path)
     try:
-        wait_until(lambda: proc.poll() is not None or http_get(peer.url + "/-/ready", timeout=2)[0] == 200, 60,
-                   "Prometheus to become ready")
+        wait_until(
+            lambda: proc.poll() is not None or http_get(peer.url + "/-/ready", timeout=2)[0] == 200,
+            60,
+            "Prometheus to become ready",
+        )
         assert proc.poll() is None, f"prometheus exited early ({proc.returncode}):\n{peer.log()}"
         yield peer
     finally:
@@ -145,8 +149,12 @@ def successful_scrapes(prom: PrometheusPeer, instance: str) -> int:
 def wait_for_scrapes(prom: PrometheusPeer, instances: Sequence[str], n: int, timeout: float = 60.0) -> None:
     """Wait until every instance has at least ``n`` successful scrapes; on timeout name the targets' errors."""
     try:
-        wait_until(lambda: all(successful_scrapes(prom, i) >= n for i in instances), timeout,
-                   f"{n} successful scrapes of {list(instances)}", interval=0.5)
+        wait_until(
+            lambda: all(successful_scrapes(prom, i) >= n for i in instances),
+            timeout,
+            f"{n} successful scrapes of {list(instances)}",
+            interval=0.5,
+        )
     except AssertionError as exc:
         states = [(t["labels"].get("instance"), t["health"], t.get("lastError")) for t in prom.targets()]
         raise AssertionError(f"{exc}; targets: {states}\n{prom.log()[-2000:]}") from None
@@ -187,8 +195,11 @@ def run_node_exporter(tmp_path: Path | str, args: Sequence[str] = ()) -> Iterato
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
     peer = NodeExporterPeer(proc, port, log_path, list(args))
     try:
-        wait_until(lambda: proc.poll() is not None or http_get(peer.url + "/metrics", timeout=5)[0] == 200, 30,
-                   "node_exporter to serve /metrics")
+        wait_until(
+            lambda: proc.poll() is not None or http_get(peer.url + "/metrics", timeout=5)[0] == 200,
+            30,
+            "node_exporter to serve /metrics",
+        )
         assert proc.poll() is None, f"node_exporter exited early ({proc.returncode}):\n{peer.log()}"
         yield peer
     finally:
@@ -198,8 +209,7 @@ def run_node_exporter(tmp_path: Path | str, args: Sequence[str] = ()) -> Iterato
 def promtool_check_metrics(exposition: bytes) -> tuple[int, list[str]]:
     """``promtool check metrics`` on an exposition: exit code and the problem lines it printed."""
     binary = require_peer(PROMTOOL_BIN, "prometheus")
-    proc = subprocess.run([binary, "check", "metrics"], input=exposition, capture_output=True, timeout=60,
-                          check=False)
+    proc = subprocess.run([binary, "check", "metrics"], input=exposition, capture_output=True, timeout=60, check=False)
     lines = (proc.stdout + proc.stderr).decode(errors="replace").splitlines()
     return proc.returncode, [line for line in lines if line.strip()]
 
@@ -208,9 +218,11 @@ def scrape_config(job: str, targets: dict[str, dict[str, str]], interval: str = 
     """A Prometheus config scraping ``targets`` (address -> extra labels) under ``job`` every ``interval``."""
     config = {
         "global": {"scrape_interval": interval, "evaluation_interval": interval, "scrape_timeout": interval},
-        "scrape_configs": [{
-            "job_name": job,
-            "static_configs": [{"targets": [address], "labels": labels} for address, labels in targets.items()],
-        }],
+        "scrape_configs": [
+            {
+                "job_name": job,
+                "static_configs": [{"targets": [address], "labels": labels} for address, labels in targets.items()],
+            }
+        ],
     }
     return yaml.safe_dump(config, sort_keys=False)

@@ -50,7 +50,6 @@ GRAFANA_VARS = {"cluster": CLUSTER, "__rate_interval": "1m", "__interval": "15s"
 KNOWN_GAPS: dict[str, str] = {
     "node_network_": "network collector not built yet (issue 5, 'Network over netlink')",
     "node_nf_conntrack_": "conntrack collector not built (node_exporter 'conntrack')",
-    "node_textfile_": "textfile collector not built (node_exporter 'textfile')",
     "node_md_": "mdadm collector not built (node_exporter 'mdadm'); needs md RAID to be exercised",
     "node_bonding_": "bonding collector not built (node_exporter 'bonding'); needs a bond to be exercised",
     "node_systemd_": "systemd collector not built (off by default in node_exporter too)",
@@ -145,8 +144,25 @@ def rule_probes(path: Path) -> list[Probe]:
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL_LIST_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right"}
 _KEYWORDS = _LABEL_LIST_KEYWORDS | {
-    "and", "or", "unless", "bool", "offset", "inf", "nan", "sum", "min", "max", "avg", "group", "stddev",
-    "stdvar", "count", "count_values", "bottomk", "topk", "quantile",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "inf",
+    "nan",
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
 }
 
 
@@ -267,8 +283,10 @@ def _label_differences(outcomes: list[Outcome]) -> list[str]:
         sets = {k: {tuple(sorted(m.items())) for m in v} for k, v in o.labels.items()}
         only_ne = sorted(sets["node_exporter"] - sets["nodeagent"])
         only_na = sorted(sets["nodeagent"] - sets["node_exporter"])
-        lines.append(f"{o.probe.id}\n    only node_exporter: {[dict(x) for x in only_ne][:5]}"
-                     f"\n    only nodeagent: {[dict(x) for x in only_na][:5]}")
+        lines.append(
+            f"{o.probe.id}\n    only node_exporter: {[dict(x) for x in only_ne][:5]}"
+            f"\n    only nodeagent: {[dict(x) for x in only_na][:5]}"
+        )
     return lines
 
 
@@ -314,8 +332,9 @@ def mixin_run(tmp_path_factory: pytest.TempPathFactory) -> MixinRun:
                 result = prom.query(f'instance:node_cpu_utilisation:rate5m{{job="{JOB}"}}')
                 return {r["metric"].get("instance") for r in result} >= set(instances.values())
 
-            wait_until(recorded, RECORDING_WAIT_S, "instance:node_cpu_utilisation:rate5m for both exporters",
-                       interval=0.5)
+            wait_until(
+                recorded, RECORDING_WAIT_S, "instance:node_cpu_utilisation:rate5m for both exporters", interval=0.5
+            )
             outcomes = [run_probe(prom, p, instances) for p in probes]
             # Rules evaluate once a second and a freshly started counter needs two samples: re-ask the
             # queries that only node_exporter answered until they settle.
@@ -330,9 +349,11 @@ def mixin_run(tmp_path_factory: pytest.TempPathFactory) -> MixinRun:
 
 
 def _describe(o: Outcome) -> str:
-    return (f"{o.probe.id}\n  query: {' '.join(o.probe.expr.split())}\n"
-            f"  node_exporter series: {o.labels['node_exporter'][:5]}\n"
-            f"  nodeagent series: {o.labels['nodeagent'][:5]}")
+    return (
+        f"{o.probe.id}\n  query: {' '.join(o.probe.expr.split())}\n"
+        f"  node_exporter series: {o.labels['node_exporter'][:5]}\n"
+        f"  nodeagent series: {o.labels['nodeagent'][:5]}"
+    )
 
 
 def test_extracts_every_query() -> None:
@@ -346,15 +367,18 @@ def test_extracts_every_query() -> None:
     probes = all_probes()
 
     assert panel_exprs + variables + rules == len([p for p in probes if not p.id.startswith("selector/")])
-    assert ['node_load1{job="node-exporter"}', 'instance:node_num_cpu:sum{job="node-exporter"}'] == \
-        vector_selectors('(\n  node_load1{job="node-exporter"}\n/\n  instance:node_num_cpu:sum{job="node-exporter"}\n)')
-    assert ['node_nf_conntrack_entries{job="node-exporter"}', "node_nf_conntrack_entries_limit"] == \
-        vector_selectors('(node_nf_conntrack_entries{job="node-exporter"} / node_nf_conntrack_entries_limit) > 0.75')
+    assert ['node_load1{job="node-exporter"}', 'instance:node_num_cpu:sum{job="node-exporter"}'] == vector_selectors(
+        '(\n  node_load1{job="node-exporter"}\n/\n  instance:node_num_cpu:sum{job="node-exporter"}\n)'
+    )
+    assert ['node_nf_conntrack_entries{job="node-exporter"}', "node_nf_conntrack_entries_limit"] == vector_selectors(
+        '(node_nf_conntrack_entries{job="node-exporter"} / node_nf_conntrack_entries_limit) > 0.75'
+    )
     assert ['node_cpu_seconds_total{mode="idle",l="a}b"}'] == vector_selectors(
         'sum without (mode) (avg by (cpu) (rate(node_cpu_seconds_total{mode="idle",l="a}b"}[5m] offset 1h))) * 100'
     )
-    assert 'x{instance="i", cluster=~"test"}[1m]' == substitute('x{instance="$instance", cluster=~"$cluster"}'
-                                                                "[$__rate_interval]", "i")
+    assert 'x{instance="i", cluster=~"test"}[1m]' == substitute(
+        'x{instance="$instance", cluster=~"$cluster"}[$__rate_interval]', "i"
+    )
 
 
 def test_every_query_with_node_exporter_data_has_nodeagent_data(mixin_run: MixinRun) -> None:
@@ -387,6 +411,8 @@ def test_known_gaps_are_still_gaps(mixin_run: MixinRun) -> None:
 
     assert [] == stale, "KNOWN_GAPS entries that match nothing; remove them:\n" + "\n".join(stale)
     assert [] == closed, (
-        "KNOWN_GAPS entries that nodeagent now satisfies; remove them from KNOWN_GAPS in " + __file__ + ":\n"
+        "KNOWN_GAPS entries that nodeagent now satisfies; remove them from KNOWN_GAPS in "
+        + __file__
+        + ":\n"
         + "\n".join(closed)
     )

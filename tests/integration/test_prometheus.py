@@ -87,8 +87,7 @@ def test_promtool_check_metrics(tmp_path: Path) -> None:
     """`promtool check metrics` finds nothing in /metrics (text) or `nodeagent once` beyond node_exporter's names."""
     with run_agent(tmp_dir=str(tmp_path)) as agent:
         status, headers, body = http_get(agent.url + "/metrics")
-    once = subprocess.run([sys.executable, "-m", "nodeagent", "once"], capture_output=True, timeout=60,
-                          check=False)
+    once = subprocess.run([sys.executable, "-m", "nodeagent", "once"], capture_output=True, timeout=60, check=False)
     inherited = _node_exporter_problems(tmp_path)
 
     assert (200, "text/plain") == (status, headers["Content-Type"].split(";")[0])
