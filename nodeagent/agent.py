@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from nodeagent import __version__
-from nodeagent.collector import CollectorContext
+from nodeagent.collector import Collector, CollectorContext
 from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig
 from nodeagent.exposition import (
@@ -30,6 +30,21 @@ from nodeagent.exposition import (
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily, counter, gauge
 from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
+
+
+class FailedCollector:
+    """Stands in for a collector whose factory raised: every cycle fails with the start-up error."""
+
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    async def collect(self) -> Sequence[MetricFamily]:
+        """Fail the cycle with the start-up error."""
+        raise RuntimeError(f"collector did not start: {type(self._error).__name__}: {self._error}")
+
+    async def aclose(self) -> None:
+        """Nothing to release."""
+        return None
 
 
 class Agent:
@@ -47,14 +62,19 @@ class Agent:
         log = structlog.get_logger()
         runners = []
         for name in self.names:
-            spec = COLLECTORS[name]
             clog = log.bind(**{"nodeagent.collector": name})
-            collector = spec.factory(CollectorContext(name, self.paths, clog), cfg.collector(name))
-            runners.append(
-                CollectorRunner(name, collector, self.states[name], self.exposition, clog)
-            )
+            collector = self._build(name, clog)
+            runners.append(CollectorRunner(name, collector, self.states[name], self.exposition, clog))
         self.scheduler = Scheduler(runners, cfg.jitter)
         self.started_at = time.time()
+
+    def _build(self, name: str, log: structlog.typing.FilteringBoundLogger) -> Collector:
+        spec = COLLECTORS[name]
+        try:
+            return spec.factory(CollectorContext(name, self.paths, log), self.cfg.collector(name))
+        except Exception as exc:  # noqa: BLE001 - one collector's start-up failure must not stop the agent
+            log.error("collector.start_failed", error={"message": f"{type(exc).__name__}: {exc}"})
+            return FailedCollector(exc)
 
     def self_families(self) -> Sequence[MetricFamily]:
         """The agent's per-collector self-metrics, from the states (no I/O: called when rendering)."""

@@ -180,3 +180,25 @@ async def test_each_cycle_has_its_own_trace_id() -> None:
     assert all(re.fullmatch(r"[0-9a-f]{16}", e["span.id"]) for e in inside)
     assert traces[0] == traces[1] != traces[2] == traces[3]
     assert "c" == inside[0]["nodeagent.collector"]
+
+
+async def test_collector_that_cannot_start_fails_its_cycles_only() -> None:
+    """A factory that raises leaves the agent running; that collector's cycles fail with the start-up error."""
+    from nodeagent.agent import Agent
+    from nodeagent.collector import CollectorSpec
+    from nodeagent.collectors import COLLECTORS
+    from nodeagent.config import build_config
+
+    def broken_factory(ctx, cfg):  # type: ignore[no-untyped-def]
+        raise PermissionError("cannot open /dev/nvidiactl")
+
+    original = COLLECTORS["loadavg"]
+    COLLECTORS["loadavg"] = CollectorSpec("loadavg", "x", original.config_model, broken_factory)
+    try:
+        agent = Agent(build_config(environ={}), names=["loadavg", "stat"])
+    finally:
+        COLLECTORS["loadavg"] = original
+    await agent.scheduler.run_all_once()
+
+    assert (False, True) == (agent.states["loadavg"].success, agent.states["stat"].success)
+    assert "collector did not start: PermissionError: cannot open /dev/nvidiactl" in agent.states["loadavg"].last_error

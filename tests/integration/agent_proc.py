@@ -66,7 +66,7 @@ class AgentProcess:
 
 @contextlib.contextmanager
 def run_agent(
-    args: Sequence[str] = (), tmp_dir: str = "/tmp", ready: bool = True, env: dict[str, str] | None = None
+    args: Sequence[str] = (), *, tmp_dir: str, ready: bool = True, env: dict[str, str] | None = None
 ) -> Iterator[AgentProcess]:
     """Run ``nodeagent run --listen 127.0.0.1:<free>`` and stop it (SIGTERM, then SIGKILL) afterwards."""
     port = free_port()
