@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 
@@ -64,6 +64,41 @@ class AgentProcess:
             return f.read()
 
 
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the process."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def started_process(
+    cmd: Sequence[str],
+    log_path: str | os.PathLike[str],
+    ready: Callable[[], bool] | None,
+    what: str,
+    timeout: float = 30.0,
+    cwd: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start ``cmd`` with its output in ``log_path``, wait until ``ready()`` (if given), stop it afterwards."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    try:
+        if ready is not None:
+            wait_until(lambda: proc.poll() is not None or ready(), timeout, what)
+            if proc.poll() is not None:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    raise AssertionError(f"{what}: process exited early ({proc.returncode}):\n{f.read()}")
+        yield proc
+    finally:
+        stop_process(proc)
+
+
 @contextlib.contextmanager
 def run_agent(
     args: Sequence[str] = (), *, tmp_dir: str, ready: bool = True, env: dict[str, str] | None = None
@@ -72,23 +107,9 @@ def run_agent(
     port = free_port()
     log_path = os.path.join(tmp_dir, f"nodeagent-{port}.log")
     cmd = [sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}", *args]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    agent = AgentProcess(proc, port, log_path)
-    try:
-        if ready:
-            wait_until(
-                lambda: proc.poll() is not None or http_get(agent.url + "/readyz")[0] == 200,
-                30,
-                "the agent to become ready",
-            )
-            assert proc.poll() is None, f"agent exited early:\n{agent.log()}"
-        yield agent
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    url = f"http://127.0.0.1:{port}"
+    is_ready = (lambda: http_get(url + "/readyz")[0] == 200) if ready else None
+    with started_process(
+        cmd, log_path, is_ready, "the agent to become ready", env={**os.environ, **(env or {})}
+    ) as proc:
+        yield AgentProcess(proc, port, log_path)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -19,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from tests.integration.agent_proc import free_port, http_get, wait_until
+from tests.integration.agent_proc import free_port, http_get, started_process, wait_until
 from tests.prereq import missing
 
 PROMETHEUS_BIN = "/usr/bin/prometheus"
@@ -32,16 +31,6 @@ def require_peer(path: str, apt_package: str) -> str:
     if not os.access(path, os.X_OK):
         missing(f"{path} (apt-get install {apt_package})")
     return path
-
-
-def _stop(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _read(path: Path) -> str:
@@ -121,19 +110,11 @@ def run_prometheus(
         "--web.enable-lifecycle",
         "--log.level=warn",
     ]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=work)
-    peer = PrometheusPeer(proc, port, log_path, config_path)
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or http_get(peer.url + "/-/ready", timeout=2)[0] == 200,
-            60,
-            "Prometheus to become ready",
-        )
-        assert proc.poll() is None, f"prometheus exited early ({proc.returncode}):\n{peer.log()}"
-        yield peer
-    finally:
-        _stop(proc)
+    url = f"http://127.0.0.1:{port}"
+    with started_process(
+        cmd, log_path, lambda: http_get(url + "/-/ready", timeout=2)[0] == 200, "Prometheus to become ready", 60, work
+    ) as proc:
+        yield PrometheusPeer(proc, port, log_path, config_path)
 
 
 def successful_scrapes(prom: PrometheusPeer, instance: str) -> int:
@@ -191,19 +172,16 @@ def run_node_exporter(tmp_path: Path | str, args: Sequence[str] = ()) -> Iterato
     port = free_port()
     log_path = Path(tmp_path) / f"node-exporter-{port}.log"
     cmd = [binary, f"--web.listen-address=127.0.0.1:{port}", *args]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path)
-    peer = NodeExporterPeer(proc, port, log_path, list(args))
-    try:
-        wait_until(
-            lambda: proc.poll() is not None or http_get(peer.url + "/metrics", timeout=5)[0] == 200,
-            30,
-            "node_exporter to serve /metrics",
-        )
-        assert proc.poll() is None, f"node_exporter exited early ({proc.returncode}):\n{peer.log()}"
-        yield peer
-    finally:
-        _stop(proc)
+    url = f"http://127.0.0.1:{port}"
+    with started_process(
+        cmd,
+        log_path,
+        lambda: http_get(url + "/metrics", timeout=5)[0] == 200,
+        "node_exporter to serve /metrics",
+        30,
+        tmp_path,
+    ) as proc:
+        yield NodeExporterPeer(proc, port, log_path, list(args))
 
 
 def promtool_check_metrics(exposition: bytes) -> tuple[int, list[str]]:
