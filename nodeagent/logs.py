@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import socket
 import sys
 import traceback
@@ -73,13 +74,23 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> Any:
+    """Replace NaN and infinities, at any depth, by their string spelling."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
     # allow_nan=False: NaN/Infinity are not JSON; Elasticsearch rejects such documents.
     try:
         return json.dumps(event, default=_json_default, allow_nan=False, separators=(",", ":"))
     except ValueError:
-        cleaned = {k: (str(v) if isinstance(v, float) else v) for k, v in event.items()}
-        return json.dumps(cleaned, default=_json_default, separators=(",", ":"))
+        return json.dumps(_finite(event), default=_json_default, allow_nan=False, separators=(",", ":"))
 
 
 def configure(
