@@ -87,7 +87,7 @@ class CollectorRunner:
     async def run_once(self) -> None:
         """One cycle: collect under the timeout, publish, update state. Never raises (but cancellation)."""
         if self._running.locked():
-            # Only reachable when a caller outside the loop asks for a cycle while one runs.
+            # A second request while a cycle runs (a timer tick racing `once`/doctor): never run twice at once.
             self.state.skipped += 1
             return
         async with self._running:
@@ -112,8 +112,6 @@ class CollectorRunner:
         except TimeoutError:
             outcome = "timeout"
             error = f"cycle exceeded its timeout of {state.timeout:g}s"
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:  # noqa: BLE001 - a collector bug must not stop the agent
             outcome = "error"
             error = f"{type(exc).__name__}: {exc}"
@@ -139,9 +137,7 @@ class CollectorRunner:
             state.failures[outcome] += 1
             state.last_error = error
             self._log_failure(outcome, error)
-        self._log.debug(
-            "collector.cycle", outcome=outcome, duration_seconds=round(duration, 6), series=state.series
-        )
+        self._log.debug("collector.cycle", outcome=outcome, duration_seconds=round(duration, 6), series=state.series)
 
     def _log_failure(self, outcome: str, error: str) -> None:
         state = self.state

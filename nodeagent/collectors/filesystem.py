@@ -95,7 +95,6 @@ class FilesystemConfig(CollectorConfig):
     mount_timeout: Duration = 5.0
 
 
-
 @dataclass(frozen=True, slots=True)
 class FsStats:
     """The statfs numbers, already in bytes."""
@@ -110,9 +109,7 @@ class FsStats:
 def statfs(path: str) -> FsStats:
     """statfs(2) one path; sizes use f_bsize like node_exporter."""
     st = os.statvfs(path)
-    return FsStats(
-        st.f_blocks * st.f_bsize, st.f_bfree * st.f_bsize, st.f_bavail * st.f_bsize, st.f_files, st.f_ffree
-    )
+    return FsStats(st.f_blocks * st.f_bsize, st.f_bfree * st.f_bsize, st.f_bavail * st.f_bsize, st.f_files, st.f_ffree)
 
 
 _LABELS = ("device", "mountpoint", "fstype")
@@ -131,7 +128,6 @@ class FilesystemCollector:
         self._pool = ThreadPoolExecutor(max_workers=STATFS_WORKERS, thread_name_prefix="statfs")
         self._stuck: dict[str, asyncio.Future[FsStats]] = {}
         self.statfs = statfs  # replaceable in tests to simulate a hung mount
-        self._labels: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
     def _read_mounts(self) -> list[Mount]:
         for path in self._mountinfo:
@@ -162,17 +158,13 @@ class FilesystemCollector:
         for m in mounts:
             if m.mountpoint in self._stuck:
                 continue
-            pending[m.mountpoint] = loop.run_in_executor(
-                self._pool, self.statfs, self._paths.root(m.mountpoint)
-            )
+            pending[m.mountpoint] = loop.run_in_executor(self._pool, self.statfs, self._paths.root(m.mountpoint))
         if pending:
             await asyncio.wait(pending.values(), timeout=self._timeout)
 
         size = gauge("node_filesystem_size_bytes", "Filesystem size in bytes.", _LABELS)
         free = gauge("node_filesystem_free_bytes", "Filesystem free space in bytes.", _LABELS)
-        avail = gauge(
-            "node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", _LABELS
-        )
+        avail = gauge("node_filesystem_avail_bytes", "Filesystem space available to non-root users in bytes.", _LABELS)
         files = gauge("node_filesystem_files", "Filesystem total file nodes.", _LABELS)
         files_free = gauge("node_filesystem_files_free", "Filesystem total free file nodes.", _LABELS)
         readonly = gauge("node_filesystem_readonly", "Filesystem read-only status.", _LABELS)
@@ -187,10 +179,7 @@ class FilesystemCollector:
             ("device", "major", "minor", "mountpoint"),
         )
         for m in mounts:
-            key = (m.device, m.mountpoint, m.fstype)
-            labels = self._labels.get(key)
-            if labels is None:
-                labels = self._labels[key] = key
+            labels = (m.device, m.mountpoint, m.fstype)
             mount_info.add((m.device, m.major, m.minor, m.mountpoint), 1)
             readonly.add(labels, 1 if "ro" in m.options else 0)
             fut = pending.get(m.mountpoint)
@@ -211,8 +200,6 @@ class FilesystemCollector:
             avail.add(labels, stats.avail)
             files.add(labels, stats.files)
             files_free.add(labels, stats.files_free)
-        if len(self._labels) > 4 * len(mounts) + 64:
-            self._labels.clear()
         return [b.build() for b in (size, free, avail, files, files_free, readonly, device_error, mount_info)]
 
     def _mark_stuck(self, mountpoint: str, fut: asyncio.Future[FsStats]) -> None:
