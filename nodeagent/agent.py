@@ -30,6 +30,7 @@ from nodeagent.exposition import (
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily, counter, gauge
 from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
+from nodeagent.workloads import WorkloadResolver
 
 
 class FailedCollector:
@@ -52,13 +53,13 @@ class Agent:
 
     def __init__(self, cfg: AgentConfig, names: Sequence[str] | None = None) -> None:
         self.cfg = cfg
-        self.paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs)
+        self.paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs, cfg.paths.cgroupfs)
         self.names = list(names if names is not None else cfg.enabled_collectors())
         self.states = {
-            name: CollectorState(name, cfg.collector_interval(name), cfg.collector_timeout(name))
-            for name in self.names
+            name: CollectorState(name, cfg.collector_interval(name), cfg.collector_timeout(name)) for name in self.names
         }
         self.exposition = Exposition(self.names, self.self_families)
+        self.workloads = WorkloadResolver(self.paths)
         log = structlog.get_logger()
         runners = []
         for name in self.names:
@@ -71,7 +72,7 @@ class Agent:
     def _build(self, name: str, log: structlog.typing.FilteringBoundLogger) -> Collector:
         spec = COLLECTORS[name]
         try:
-            return spec.factory(CollectorContext(name, self.paths, log), self.cfg.collector(name))
+            return spec.factory(CollectorContext(name, self.paths, log, self.workloads), self.cfg.collector(name))
         except Exception as exc:  # noqa: BLE001 - one collector's start-up failure must not stop the agent
             log.error("collector.start_failed", error={"message": f"{type(exc).__name__}: {exc}"})
             return FailedCollector(exc)
@@ -79,9 +80,7 @@ class Agent:
     def self_families(self) -> Sequence[MetricFamily]:
         """The agent's per-collector self-metrics, from the states (no I/O: called when rendering)."""
         labels = ("collector",)
-        duration = gauge(
-            "nodeagent_collector_duration_seconds", "Duration of the collector's last cycle.", labels
-        )
+        duration = gauge("nodeagent_collector_duration_seconds", "Duration of the collector's last cycle.", labels)
         success = gauge(
             "nodeagent_collector_success",
             "Whether the collector's last cycle succeeded (1), including finding no data; 0 if it failed or timed out.",
@@ -107,9 +106,7 @@ class Agent:
             "Failed cycles by reason (error or timeout).",
             ("collector", "reason"),
         )
-        series = gauge(
-            "nodeagent_collector_series", "Series the collector published in its last cycle.", labels
-        )
+        series = gauge("nodeagent_collector_series", "Series the collector published in its last cycle.", labels)
         for name, st in self.states.items():
             key = (name,)
             duration.add(key, st.last_duration)
@@ -168,9 +165,7 @@ def build_app(agent: Agent) -> web.Application:
     async def readyz(_: web.Request) -> web.Response:
         pending = agent.not_ready()
         if pending:
-            return web.Response(
-                status=503, text="not ready: no finished cycle yet for " + ", ".join(pending) + "\n"
-            )
+            return web.Response(status=503, text="not ready: no finished cycle yet for " + ", ".join(pending) + "\n")
         return web.Response(text="ready\n")
 
     async def index(_: web.Request) -> web.Response:

@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (key: listen)")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="key: log.level")
     common.add_argument("--log-format", choices=["json", "console"], help="key: log.format")
-    for root in ("procfs", "sysfs", "rootfs"):
+    for root in ("procfs", "sysfs", "rootfs", "cgroupfs"):
         common.add_argument(f"--path.{root}", dest=f"path_{root}", metavar="DIR", help=f"key: paths.{root}")
     common.add_argument(
         "--set",
@@ -71,9 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon and serve /metrics")
     once = sub.add_parser("once", parents=[common], help="one cycle of every enabled collector to stdout")
     once.add_argument("--format", choices=["text", "openmetrics"], default="text")
-    sub.add_parser(
-        "doctor", parents=[common], help="check each collector on this host and explain what fails"
-    )
+    sub.add_parser("doctor", parents=[common], help="check each collector on this host and explain what fails")
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
     check = config_sub.add_parser("check", parents=[common], help="validate a configuration file")
@@ -93,7 +91,7 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         flags["log.level"] = args.log_level
     if args.log_format is not None:
         flags["log.format"] = args.log_format
-    for root in ("procfs", "sysfs", "rootfs"):
+    for root in ("procfs", "sysfs", "rootfs", "cgroupfs"):
         value = getattr(args, f"path_{root}")
         if value is not None:
             flags[f"paths.{root}"] = value

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily
+from nodeagent.workloads import WorkloadResolver
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -100,6 +101,12 @@ class CollectorContext:
     name: str
     paths: HostPaths
     log: structlog.typing.FilteringBoundLogger
+    # The agent's one workload resolver, shared by the cgroup, network and GPU collectors.
+    workloads: WorkloadResolver | None = None
+
+    def resolver(self) -> WorkloadResolver:
+        """The shared workload resolver, or a private one where none was given (tests, ``once``)."""
+        return self.workloads if self.workloads is not None else WorkloadResolver(self.paths)
 
 
 C = TypeVar("C", bound=CollectorConfig)

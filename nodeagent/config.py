@@ -53,11 +53,13 @@ class PathsConfig(BaseModel):
     procfs: str = "/proc"
     sysfs: str = "/sys"
     rootfs: str = "/"
+    # Empty: <sysfs>/fs/cgroup, which is right unless the host's cgroup tree is mounted elsewhere.
+    cgroupfs: str = ""
 
-    @field_validator("procfs", "sysfs", "rootfs")
+    @field_validator("procfs", "sysfs", "rootfs", "cgroupfs")
     @classmethod
     def _absolute(cls, value: str) -> str:
-        if not value.startswith("/"):
+        if value and not value.startswith("/"):
             raise ValueError("expected an absolute path")
         return value
 
@@ -201,9 +203,7 @@ def load_file(path: str) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"config file {path}: expected a mapping of keys at the top, got {type(data).__name__}"
-        )
+        raise ConfigError(f"config file {path}: expected a mapping of keys at the top, got {type(data).__name__}")
     return data
 
 
@@ -246,9 +246,7 @@ def _describe(exc: ValidationError, sources: str) -> str:
         if err["type"] == "extra_forbidden":
             parent = _model_at(loc[:-1])
             if loc[:-1] == ["collectors"]:
-                lines.append(
-                    f"{key}: unknown collector {loc[-1]!r}; valid collectors: {', '.join(COLLECTORS)}"
-                )
+                lines.append(f"{key}: unknown collector {loc[-1]!r}; valid collectors: {', '.join(COLLECTORS)}")
             else:
                 valid = ", ".join(_valid_keys(parent)) if parent else "see README"
                 lines.append(f"{key}: unknown key; valid keys here: {valid}")
@@ -294,9 +292,7 @@ def parse_set_option(option: str) -> tuple[str, Any]:
     """Parse ``--set key.path=value``."""
     key, sep, value = option.partition("=")
     if not sep or not re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)*", key.strip()):
-        raise ConfigError(
-            f"--set {option!r}: expected KEY=VALUE with a dotted key, e.g. collectors.cpu.enabled=false"
-        )
+        raise ConfigError(f"--set {option!r}: expected KEY=VALUE with a dotted key, e.g. collectors.cpu.enabled=false")
     return key.strip(), _scalar(value)
 
 

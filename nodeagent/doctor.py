@@ -36,7 +36,7 @@ def hint_for(exc: BaseException, paths: HostPaths) -> str:
 
 async def run_doctor(cfg: AgentConfig, out: TextIO) -> int:
     """Check each collector; returns 1 if an enabled collector fails, else 0."""
-    paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs)
+    paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs, cfg.paths.cgroupfs)
     log = structlog.get_logger()
     failed = False
     out.write(f"nodeagent doctor (pid {os.getpid()}, uid {os.geteuid()})\n")
@@ -46,9 +46,7 @@ async def run_doctor(cfg: AgentConfig, out: TextIO) -> int:
         try:
             collector = spec.factory(CollectorContext(name, paths, log.bind(collector=name)), ccfg)
         except Exception as exc:  # noqa: BLE001 - report every collector
-            out.write(
-                f"  FAIL    {name}{enabled}: cannot start: {exc}\n          hint: {hint_for(exc, paths)}\n"
-            )
+            out.write(f"  FAIL    {name}{enabled}: cannot start: {exc}\n          hint: {hint_for(exc, paths)}\n")
             failed = failed or ccfg.enabled
             continue
         try:

@@ -1,7 +1,7 @@
 """
 Host filesystem roots and file reads.
 
-Every host path goes through ``HostPaths`` (``procfs``, ``sysfs``, ``rootfs``), the node_exporter
+Every host path goes through ``HostPaths`` (``procfs``, ``sysfs``, ``rootfs``, ``cgroupfs``), the node_exporter
 ``--path.*`` convention, so the agent runs in a container with the host at ``/host`` and tests point it
 at fixture trees. Read errors name the file.
 """
@@ -27,6 +27,12 @@ class HostPaths:
     procfs: str = "/proc"
     sysfs: str = "/sys"
     rootfs: str = "/"
+    cgroupfs: str = ""
+
+    @property
+    def cgroup_root(self) -> str:
+        """The cgroup filesystem root: ``cgroupfs`` when set, else ``<sysfs>/fs/cgroup``."""
+        return self.cgroupfs or os.path.join(self.sysfs, "fs", "cgroup")
 
     def proc(self, *parts: str) -> str:
         """Path of a file under the proc root, e.g. ``proc("stat")``."""

@@ -11,6 +11,7 @@ from typing import Any
 
 from nodeagent.collector import CollectorSpec
 from nodeagent.collectors import (
+    cgroups,
     cpu,
     diskstats,
     filefd,
@@ -45,6 +46,7 @@ COLLECTORS: dict[str, CollectorSpec[Any]] = {
         timex.SPEC,
         filesystem.SPEC,
         textfile.SPEC,
+        cgroups.SPEC,
         selfstats.SPEC,
     )
 }

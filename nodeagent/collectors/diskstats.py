@@ -109,7 +109,6 @@ class DiskstatsConfig(CollectorConfig):
     """Regular expression (searched, as Go's ``MatchString``) of device names not to report."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class DiskStat:
     """One ``/proc/diskstats`` line: device numbers, name and its 4 to 17 stat columns as printed."""

@@ -51,9 +51,7 @@ class SelfCollector(BaseCollector):
             compat.add((__version__, "nodeagent", "", "python" + platform.python_version()), 1)
             # node_exporter types it as a gauge; keep the TYPE identical for dashboards and recording rules.
             family = compat.build()
-            self._static.append(
-                MetricFamily(family.name, "gauge", family.help, family.labelnames, family.samples)
-            )
+            self._static.append(MetricFamily(family.name, "gauge", family.help, family.labelnames, family.samples))
 
     async def collect(self) -> Sequence[MetricFamily]:
         """Return the process families."""

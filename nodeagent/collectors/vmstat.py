@@ -29,7 +29,6 @@ class VmstatConfig(CollectorConfig):
     """Regular expression (searched, as Go's ``MatchString``) selecting the ``/proc/vmstat`` fields."""
 
 
-
 @dataclass(frozen=True, slots=True)
 class VmStat:
     """The ``(field, value)`` pairs of ``/proc/vmstat`` in file order."""

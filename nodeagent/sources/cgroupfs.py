@@ -1,0 +1,267 @@
+"""
+The cgroup filesystem: which hierarchies a host mounts (v2, v1 or hybrid) and the parsers for the
+controller files nodeagent reads. Parsers are pure functions over bytes; formats are those of the kernel's
+Documentation/admin-guide/cgroup-v2.rst and cgroup-v1/*.rst.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from nodeagent.hostfs import ParseError
+
+CgroupMode = Literal["v2", "v1", "hybrid"]
+
+# v1 controllers whose files nodeagent reads, and the named systemd hierarchy as a last walk root.
+V1_CONTROLLERS = ("cpu", "cpuacct", "memory", "blkio", "pids", "name=systemd")
+# The v1 hierarchy whose tree is walked for workloads (and whose /proc/<pid>/cgroup line names a pid's
+# cgroup): the first of these that is mounted. runc, systemd and libvirt create the same path in each.
+_V1_WALK_ORDER = ("cpuacct", "cpu", "memory", "pids", "name=systemd")
+
+
+class NoCgroupsError(Exception):
+    """No cgroup hierarchy is mounted under the configured root; the message names the root."""
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupLayout:
+    """
+    The hierarchies under one cgroup root.
+
+    ``v1`` maps each mounted v1 controller to its hierarchy directory (``cpu`` and ``cpuacct`` share one
+    when co-mounted as ``cpu,cpuacct``); ``unified`` is the v2 hierarchy (the root itself on a v2 host,
+    ``<root>/unified`` on a hybrid one) or ``None``.
+    """
+
+    root: str
+    mode: CgroupMode
+    unified: str | None
+    v1: Mapping[str, str]
+
+    @property
+    def walk_controller(self) -> str:
+        """The ``/proc/<pid>/cgroup`` controller field that names a workload: ``""`` for v2."""
+        if self.mode == "v2":
+            return ""
+        return next(c for c in _V1_WALK_ORDER if c in self.v1)
+
+    @property
+    def walk_root(self) -> str:
+        """The hierarchy directory walked to find workload cgroups."""
+        if self.mode == "v2":
+            assert self.unified is not None
+            return self.unified
+        return self.v1[self.walk_controller]
+
+
+def discover_layout(root: str) -> CgroupLayout:
+    """
+    Find the hierarchies mounted under ``root`` (usually ``/sys/fs/cgroup``).
+
+    A v2 host has ``cgroup.controllers`` in the root itself. Otherwise each directory below the root is a
+    hierarchy: one with ``cgroup.controllers`` is the v2 one (``unified`` on systemd hybrid hosts); the
+    others are v1, named by their controller list (``cpu,cpuacct``, ``memory``, ``systemd`` for
+    ``name=systemd``), the convention of systemd, cgroupfs-mount and container runtimes. Symlinks such as
+    ``cpu -> cpu,cpuacct`` are skipped; the directory they point at is listed under its own name.
+
+    Raises:
+        NoCgroupsError: ``root`` does not exist or holds no hierarchy nodeagent can read.
+    """
+    if os.path.exists(os.path.join(root, "cgroup.controllers")):
+        return CgroupLayout(root, "v2", root, {})
+    unified: str | None = None
+    v1: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        raise NoCgroupsError(f"{root} does not exist") from None
+    except NotADirectoryError:
+        raise NoCgroupsError(f"{root} is not a directory") from None
+    for entry in entries:
+        if entry.is_symlink() or not entry.is_dir():
+            continue
+        if os.path.exists(os.path.join(entry.path, "cgroup.controllers")):
+            unified = unified or entry.path
+            continue
+        for name in entry.name.split(","):
+            controller = "name=systemd" if name == "systemd" else name
+            if controller in V1_CONTROLLERS:
+                v1.setdefault(controller, entry.path)
+    if not any(c in v1 for c in _V1_WALK_ORDER):
+        if unified is not None:
+            # Only a v2 mount below a non-v2 root (for example a container's /sys/fs/cgroup/unified).
+            return CgroupLayout(root, "v2", unified, {})
+        raise NoCgroupsError(f"{root} holds no cgroup hierarchy (no cgroup.controllers, no v1 controller dirs)")
+    return CgroupLayout(root, "hybrid" if unified else "v1", unified, v1)
+
+
+def parse_proc_cgroup(text: str, controller: str) -> str | None:
+    """
+    The cgroup path of ``controller`` in a ``/proc/<pid>/cgroup`` file, or ``None`` if it is not listed.
+
+    Lines are ``hierarchy-id:controller-list:path``; ``controller`` ``""`` selects the v2 line (``0::/x``),
+    ``name=systemd`` the named hierarchy. The path may itself contain ``:``.
+    """
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        controllers = parts[1]
+        if (controller == "" and controllers == "" and parts[0] == "0") or (
+            controller and controller in controllers.split(",")
+        ):
+            return parts[2]
+    return None
+
+
+def parse_flat_keyed(data: bytes, wanted: frozenset[bytes], source: str) -> dict[bytes, int]:
+    """
+    Parse a flat-keyed file (``key value`` per line: ``cpu.stat``, ``memory.stat``, ``memory.events``,
+    ``memory.oom_control``, ``cpuacct.stat``), keeping only the ``wanted`` keys.
+
+    Raises:
+        ParseError: a wanted key's value is not an integer; the message names ``source`` and the key.
+    """
+    out: dict[bytes, int] = {}
+    fields = data.split()
+    if len(fields) % 2:
+        # A truncated last line or a foreign format; pairs before it are still trusted only if aligned.
+        raise ParseError(f"{source}: expected 'key value' lines, got an odd number of fields")
+    for key, value in zip(fields[::2], fields[1::2], strict=True):
+        if key in wanted:
+            try:
+                out[key] = int(value)
+            except ValueError:
+                raise ParseError(f"{source}: {key.decode(errors='replace')} is not an integer: {value!r}") from None
+    return out
+
+
+def parse_int(data: bytes, source: str) -> int:
+    """
+    Parse a single-value file (``memory.current``, ``cpuacct.usage``, ``pids.current``).
+
+    Raises:
+        ParseError: the content is not one integer.
+    """
+    try:
+        return int(data)
+    except ValueError:
+        raise ParseError(f"{source}: expected one integer, got {data[:40]!r}") from None
+
+
+def parse_limit(data: bytes, source: str) -> int | None:
+    """
+    Parse a limit file: ``max`` (v2 unlimited) and ``-1`` (v1 unlimited quota) give ``None``.
+
+    Raises:
+        ParseError: the content is neither ``max`` nor an integer.
+    """
+    text = data.strip()
+    if text == b"max":
+        return None
+    value = parse_int(text, source)
+    return None if value < 0 else value
+
+
+def parse_cpu_max(data: bytes, source: str) -> tuple[int | None, int]:
+    """
+    Parse v2 ``cpu.max`` (``$MAX $PERIOD``; ``max 100000`` when unlimited) into (quota_us, period_us).
+
+    Raises:
+        ParseError: not two fields, or not integers.
+    """
+    fields = data.split()
+    if len(fields) != 2:
+        raise ParseError(f"{source}: expected '$MAX $PERIOD', got {data[:40]!r}")
+    return parse_limit(fields[0], source), parse_int(fields[1], source)
+
+
+def parse_psi_totals(data: bytes, source: str) -> tuple[int | None, int | None]:
+    """
+    Parse a cgroup ``*.pressure`` file into its ``some`` and ``full`` ``total=`` values (microseconds).
+
+    Raises:
+        ParseError: a line is not ``some|full ... total=N``.
+    """
+    some: int | None = None
+    full: int | None = None
+    for line in data.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        total = parts[-1]
+        if parts[0] not in (b"some", b"full") or not total.startswith(b"total="):
+            raise ParseError(f"{source}: expected 'some|full avg10=... total=N', got {line[:60]!r}")
+        value = parse_int(total[6:], source)
+        if parts[0] == b"some":
+            some = value
+        else:
+            full = value
+    return some, full
+
+
+IoTotals = dict[str, list[int]]  # "maj:min" -> [read bytes, write bytes, read ios, write ios]
+
+
+def parse_io_stat(data: bytes, source: str) -> IoTotals:
+    """
+    Parse v2 ``io.stat`` (``8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0`` per device).
+
+    Raises:
+        ParseError: a line does not start with ``maj:min`` or a known key's value is not an integer.
+    """
+    out: IoTotals = {}
+    for line in data.splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        dev = parts[0]
+        if b":" not in dev:
+            raise ParseError(f"{source}: expected 'MAJ:MIN key=value ...', got {line[:60]!r}")
+        row = [0, 0, 0, 0]
+        for kv in parts[1:]:
+            key, _, value = kv.partition(b"=")
+            idx = _IO_STAT_KEYS.get(key)
+            if idx is not None:
+                row[idx] = parse_int(value, source)
+        out[dev.decode()] = row
+    return out
+
+
+_IO_STAT_KEYS = {b"rbytes": 0, b"wbytes": 1, b"rios": 2, b"wios": 3}
+_BLKIO_OPS = {b"Read": 0, b"Write": 1}
+
+
+def parse_blkio(data: bytes, source: str, ios: bool) -> IoTotals:
+    """
+    Parse a v1 ``blkio.*io_service_bytes*`` (``ios=False``) or ``blkio.*io_serviced*`` (``ios=True``) file
+    (``8:0 Read 4096`` per device and operation, a final ``Total N``) into the same rows as ``io.stat``.
+
+    Raises:
+        ParseError: a device line is not ``MAJ:MIN OP N`` or N is not an integer.
+    """
+    out: IoTotals = {}
+    offset = 2 if ios else 0
+    for line in data.splitlines():
+        parts = line.split()
+        if not parts or parts[0] == b"Total":
+            continue
+        if len(parts) != 3 or b":" not in parts[0]:
+            raise ParseError(f"{source}: expected 'MAJ:MIN Op N', got {line[:60]!r}")
+        idx = _BLKIO_OPS.get(parts[1])
+        if idx is None:
+            continue
+        row = out.setdefault(parts[0].decode(), [0, 0, 0, 0])
+        row[offset + idx] = parse_int(parts[2], source)
+    return out
+
+
+def cpu_weight_to_shares(weight: int) -> int:
+    """
+    v2 ``cpu.weight`` (1..10000) back to v1 shares (2..262144): the inverse of the mapping runc and the
+    kubelet use to set the weight from shares, so a pod's ``container_spec_cpu_shares`` reads as on v1.
+    """
+    return 2 + ((weight - 1) * 262142) // 9999
