@@ -180,8 +180,13 @@ def classify(path: str) -> Workload | None:
 def _descend(segs: list[str], workload: Workload | None) -> bool:
     """Whether workloads can lie below this cgroup (so the walk lists its children)."""
     if workload is not None:
-        # Pods hold containers and jobs hold steps; below any other workload are its own sub-cgroups.
-        return workload.kind == "pod" or (workload.kind == "slurm_job" and not workload.slurm_step)
+        # Pods hold containers and jobs hold steps, and a user's systemd manager (user@<uid>.service) holds
+        # rootless Podman containers; below any other workload are only its own sub-cgroups.
+        return (
+            workload.kind == "pod"
+            or (workload.kind == "slurm_job" and not workload.slurm_step)
+            or workload.service.startswith("user@")
+        )
     if not segs:
         return True
     last = segs[-1]

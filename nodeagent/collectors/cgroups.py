@@ -500,7 +500,12 @@ class CgroupsCollector(BaseCollector):
         for d in t.spec.proc_dirs:
             n = cache.get(d)
             if n is None:
-                data = read_file(f"{d}/cgroup.procs")
+                path = f"{d}/cgroup.procs"
+                try:
+                    data = read_file(path)
+                except OSError as exc:
+                    self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
+                    continue
                 if data is None:
                     continue
                 n = cache[d] = data.count(b"\n")
