@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -177,8 +177,8 @@ def classify(path: str) -> Workload | None:
     return None
 
 
-def _descend(segs: list[str], workload: Workload | None) -> bool:
-    """Whether workloads can lie below this cgroup (so the walk lists its children)."""
+def _descend(name: str, workload: Workload | None) -> bool:
+    """Whether workloads can lie below the cgroup ``name`` (so the walk lists its children)."""
     if workload is not None:
         # Pods hold containers and jobs hold steps, and a user's systemd manager (user@<uid>.service) holds
         # rootless Podman containers; below any other workload are only its own sub-cgroups.
@@ -187,14 +187,11 @@ def _descend(segs: list[str], workload: Workload | None) -> bool:
             or (workload.kind == "slurm_job" and not workload.slurm_step)
             or workload.service.startswith("user@")
         )
-    if not segs:
-        return True
-    last = segs[-1]
     return (
-        last.endswith(".slice")
-        or last in ("kubepods", "besteffort", "burstable", "docker", "machine", "libpod_parent", "slurmstepd.scope")
-        or bool(_SLURM_ROOT_RE.match(last))
-        or bool(_SLURM_UID_RE.match(last))
+        name.endswith(".slice")
+        or name in ("kubepods", "besteffort", "burstable", "docker", "machine", "libpod_parent", "slurmstepd.scope")
+        or bool(_SLURM_ROOT_RE.match(name))
+        or bool(_SLURM_UID_RE.match(name))
     )
 
 
@@ -211,6 +208,7 @@ def walk(
     include: re.Pattern[str] | None = None,
     exclude: re.Pattern[str] | None = None,
     max_depth: int = 10,
+    classify: Callable[[str], Workload | None] = classify,
 ) -> WalkResult:
     """
     List the workload cgroups below ``root`` (a hierarchy directory), parents before children.
@@ -224,33 +222,28 @@ def walk(
     found: list[Workload] = []
     others = 0
 
-    def visit(dirpath: str, segs: list[str]) -> Iterator[tuple[str, list[str]]]:
+    def visit(dirpath: str, cgpath: str, depth: int) -> None:
+        nonlocal others
         try:
             with os.scandir(dirpath) as it:
                 names = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
         except (FileNotFoundError, NotADirectoryError):
             return
+        # Depth-first, children in name order: parents before children, the same order every cycle.
         for name in names:
-            yield os.path.join(dirpath, name), [*segs, name]
-
-    stack: list[tuple[str, list[str]]] = [(root, [])]
-    while stack:
-        dirpath, segs = stack.pop()
-        children = list(visit(dirpath, segs))
-        for child_path, child_segs in reversed(children):
-            cgpath = "/" + "/".join(child_segs)
-            if exclude is not None and exclude.search(cgpath):
+            child = f"{cgpath}/{name}"
+            if exclude is not None and exclude.search(child):
                 continue
-            w = classify(cgpath)
-            if w is None and include is not None and include.search(cgpath):
-                w = Workload(id=cgpath, kind="other")
+            w = classify(child)
+            if w is None and include is not None and include.search(child):
+                w = Workload(id=child, kind="other")
                 others += 1
             if w is not None:
                 found.append(w)
-            if len(child_segs) < max_depth and (_descend(child_segs, w) or include is not None):
-                stack.append((child_path, child_segs))
-    # Parents before children, siblings in name order: a stable order across cycles.
-    found.sort(key=lambda w: w.id.split("/"))
+            if depth < max_depth and (include is not None or _descend(name, w)):
+                visit(f"{dirpath}/{name}", child, depth + 1)
+
+    visit(root, "", 1)
     return WalkResult(found, others)
 
 

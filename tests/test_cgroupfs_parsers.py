@@ -134,10 +134,17 @@ def test_flat_keyed_wanted_non_integer_names_source_and_key() -> None:
         parse_flat_keyed(b"oom 1\noom_kill lots\n", frozenset({b"oom_kill"}), "memory.events")
 
 
-def test_flat_keyed_truncated_line_raises() -> None:
-    """An odd number of fields (a truncated last line) raises ParseError naming the file."""
-    with pytest.raises(ParseError, match=r"^cpu.stat: expected 'key value' lines"):
-        parse_flat_keyed(b"usage_usec 10\nuser_usec", frozenset({b"usage_usec"}), "cpu.stat")
+def test_flat_keyed_truncated_line() -> None:
+    """A truncated last line: a wanted key cut after its name is absent, cut after the space is an error."""
+    assert {b"usage_usec": 10} == parse_flat_keyed(b"usage_usec 10\nuser_usec", (b"usage_usec", b"user_usec"), "f")
+    with pytest.raises(ParseError, match=r"^cpu.stat: user_usec is not an integer: b''$"):
+        parse_flat_keyed(b"usage_usec 10\nuser_usec ", (b"usage_usec", b"user_usec"), "cpu.stat")
+
+
+def test_flat_keyed_matches_whole_keys_at_line_starts() -> None:
+    """``total_rss`` does not match ``total_rss_huge``, nor ``rss`` the middle of ``total_rss``."""
+    data = b"rss_huge 7\ntotal_rss_huge 9\ntotal_rss 11\n"
+    assert {b"total_rss": 11} == parse_flat_keyed(data, (b"total_rss", b"rss"), "memory.stat")
 
 
 # --- single values and limits -----------------------------------------------------------------------------

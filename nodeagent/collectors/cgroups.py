@@ -16,9 +16,9 @@ import os
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import Field
@@ -39,9 +39,9 @@ from nodeagent.sources.cgroupfs import (
     IoTotals,
     NoCgroupsError,
     cpu_weight_to_shares,
+    flat_values,
     parse_blkio,
     parse_cpu_max,
-    parse_flat_keyed,
     parse_int,
     parse_io_stat,
     parse_limit,
@@ -198,20 +198,42 @@ _DEFS: tuple[_Def, ...] = (
 ) = range(len(_DEFS))
 _FS_FAMILIES = (FS_RBYTES, FS_WBYTES, FS_RIOS, FS_WIOS)
 
-Row = tuple[int, LabelValues, float]
-
 # Fields parsed from each flat-keyed file (only what is exported).
-_V2_CPU_KEYS = frozenset(
-    {b"usage_usec", b"user_usec", b"system_usec", b"nr_periods", b"nr_throttled", b"throttled_usec"}
-)
-_V2_MEM_KEYS = frozenset({b"anon", b"file", b"file_mapped", b"inactive_file"})
-_V1_CPU_KEYS = frozenset({b"nr_periods", b"nr_throttled", b"throttled_time"})
-_V1_ACCT_KEYS = frozenset({b"user", b"system"})
-_V1_MEM_KEYS = frozenset(
-    {b"total_rss", b"total_cache", b"total_swap", b"total_mapped_file", b"total_inactive_file"}
-    | {b"rss", b"cache", b"swap", b"mapped_file", b"inactive_file"}
-)
-_OOM_KEYS = frozenset({b"oom_kill"})
+_V2_CPU_KEYS = (b"usage_usec", b"user_usec", b"system_usec", b"nr_periods", b"nr_throttled", b"throttled_usec")
+_V2_MEM_KEYS = (b"anon", b"file", b"file_mapped", b"inactive_file")
+_V1_CPU_KEYS = (b"nr_periods", b"nr_throttled", b"throttled_time")
+_V1_ACCT_KEYS = (b"user", b"system")
+_V1_MEM_KEYS_HIER = (b"total_rss", b"total_cache", b"total_swap", b"total_mapped_file", b"total_inactive_file")
+_V1_MEM_KEYS_LOCAL = (b"rss", b"cache", b"swap", b"mapped_file", b"inactive_file")
+_V1_MEM_KEYS = _V1_MEM_KEYS_HIER + _V1_MEM_KEYS_LOCAL
+_OOM_KEYS = (b"oom_kill",)
+
+# What each file of a cgroup's read plan holds (the plan is built when a cgroup is new or its spec is re-read).
+(
+    V2_CPU,
+    V2_MEM_CURRENT,
+    V2_MEM_STAT,
+    V2_SWAP,
+    V2_PEAK,
+    V2_EVENTS,
+    V2_IO,
+    PSI_CPU,
+    PSI_MEM,
+    PSI_IO,
+    PIDS,
+    V1_USAGE,
+    V1_ACCT_STAT,
+    V1_CPU_STAT,
+    V1_MEM_USAGE,
+    V1_MEM_STAT,
+    V1_MEM_MAX,
+    V1_FAILCNT,
+    V1_OOM,
+    V1_BLK_BYTES,
+    V1_BLK_IOS,
+) = range(21)
+# Whether the cgroup is gone is only decided by this hierarchy: files of others may be absent by design.
+_WALKED = "walk"
 
 
 class _Gone(Exception):
@@ -219,29 +241,23 @@ class _Gone(Exception):
 
 
 @dataclass(slots=True)
-class _Spec:
-    """Rarely changing values, re-read every ``spec_interval``."""
-
-    quota: int | None = None
-    period: int | None = None
-    shares: int | None = None
-    mem_limit: int | None = None
-    hierarchy: bool = True
-    proc_dirs: tuple[str, ...] = ()
-    read_at: float = 0.0
-    # Optional files found absent (older kernel, controller not enabled): not retried until the next refresh.
-    absent: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True)
 class _Tracked:
+    """One exported cgroup: its labels, where its files are, its limits, and the files to read each cycle."""
+
     workload: Workload
     labels: LabelValues
     cpu_labels: LabelValues
     info: LabelValues
     # Directory of this cgroup in each hierarchy that exists on the host (controller -> dir).
     dirs: dict[str, str]
-    spec: _Spec = field(default_factory=_Spec)
+    # (path, what) for each file read every cycle; the first one's absence means the cgroup is gone.
+    plan: list[tuple[str, int]] = field(default_factory=list)
+    # Limits as (family index, value), appended unchanged every cycle until the next refresh.
+    spec_rows: list[tuple[int, float]] = field(default_factory=list)
+    quota_set: bool = False
+    mem_keys: tuple[bytes, ...] = _V1_MEM_KEYS_HIER
+    proc_dirs: tuple[str, ...] = ()
+    refreshed_at: float = 0.0
     oom: int | None = None
     new: bool = True
 
@@ -266,29 +282,190 @@ def _info(w: Workload) -> LabelValues:
     )
 
 
-def read_file(path: str) -> bytes | None:
+def read_file(
+    path: str,
+    _open: Callable[[str, int], int] = os.open,
+    _read: Callable[[int, int], bytes] = os.read,
+    _close: Callable[[int], None] = os.close,
+) -> bytes | None:
     """
-    One cgroup file's content with the fewest syscalls; ``None`` if it does not exist (or its cgroup was
-    just removed: the kernel answers ENODEV for a file of a dead cgroup).
+    One cgroup file's content with the fewest syscalls; ``None`` if it does not exist, if its cgroup was
+    just removed (the kernel answers ENODEV for a file of a dead cgroup), or if the file cannot be read in
+    this kind of cgroup (EOPNOTSUPP: ``cgroup.procs`` of a threaded cgroup such as libvirt's vCPUs).
+    The syscalls are bound as defaults: this runs ~15 times per cgroup per cycle.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = _open(path, _OPEN_FLAGS)
     except FileNotFoundError:
         return None
     try:
-        data = os.read(fd, _READ_SIZE)
+        data = _read(fd, _READ_SIZE)
         if len(data) == _READ_SIZE:
             chunks = [data]
-            while chunk := os.read(fd, _READ_SIZE):
+            while chunk := _read(fd, _READ_SIZE):
                 chunks.append(chunk)
             data = b"".join(chunks)
         return data
     except OSError as exc:
-        if exc.errno in (errno.ENODEV, errno.ENOENT, errno.ESRCH):
+        if exc.errno in _GONE_ERRNOS:
             return None
         raise
     finally:
-        os.close(fd)
+        _close(fd)
+
+
+_OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+_GONE_ERRNOS = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EOPNOTSUPP})
+
+
+class _Scratch:
+    """What one cgroup's files say that needs more than one file (working set, IO) or the caller (OOM)."""
+
+    __slots__ = ("inactive", "io", "labels", "oom", "rows", "threads", "tracked", "usage")
+
+    def __init__(self, t: _Tracked, rows: list[list[Sample]]) -> None:
+        self.tracked = t
+        self.labels = t.labels
+        self.rows = rows
+        self.usage: int | None = None
+        self.inactive: int | None = None
+        self.threads: int | None = None
+        self.oom: int | None = None
+        self.io: IoTotals | None = None
+
+
+# One handler per file kind: parse only the exported fields and append the samples.
+def _v2_cpu(st: _Scratch, data: bytes, path: str) -> None:
+    usage, user, system, periods, throttled, throttled_us = flat_values(data, _V2_CPU_KEYS, path)
+    rows, labels = st.rows, st.labels
+    if usage is not None:
+        rows[CPU_USAGE].append((st.tracked.cpu_labels, usage / 1e6))
+    if user is not None:
+        rows[CPU_USER].append((labels, user / 1e6))
+    if system is not None:
+        rows[CPU_SYSTEM].append((labels, system / 1e6))
+    if st.tracked.quota_set and periods is not None:
+        rows[CFS_PERIODS].append((labels, float(periods)))
+        rows[CFS_THROTTLED].append((labels, float(throttled or 0)))
+        rows[CFS_THROTTLED_S].append((labels, (throttled_us or 0) / 1e6))
+
+
+def _v1_cpu_stat(st: _Scratch, data: bytes, path: str) -> None:
+    periods, throttled, throttled_ns = flat_values(data, _V1_CPU_KEYS, path)
+    if periods is not None:
+        rows, labels = st.rows, st.labels
+        rows[CFS_PERIODS].append((labels, float(periods)))
+        rows[CFS_THROTTLED].append((labels, float(throttled or 0)))
+        rows[CFS_THROTTLED_S].append((labels, (throttled_ns or 0) / 1e9))
+
+
+def _v1_usage(st: _Scratch, data: bytes, path: str) -> None:
+    st.rows[CPU_USAGE].append((st.tracked.cpu_labels, parse_int(data, path) / 1e9))
+
+
+def _v1_acct_stat(st: _Scratch, data: bytes, path: str) -> None:
+    user, system = flat_values(data, _V1_ACCT_KEYS, path)
+    if user is not None:
+        st.rows[CPU_USER].append((st.labels, user / _CLK_TCK))
+    if system is not None:
+        st.rows[CPU_SYSTEM].append((st.labels, system / _CLK_TCK))
+
+
+def _mem_usage(st: _Scratch, data: bytes, path: str) -> None:
+    st.usage = parse_int(data, path)
+    st.rows[MEM_USAGE].append((st.labels, float(st.usage)))
+
+
+def _v2_mem_stat(st: _Scratch, data: bytes, path: str) -> None:
+    anon, file, mapped, inactive = flat_values(data, _V2_MEM_KEYS, path)
+    st.inactive = inactive or 0
+    _append_present(st, ((MEM_RSS, anon), (MEM_CACHE, file), (MEM_MAPPED, mapped)))
+
+
+def _v1_mem_stat(st: _Scratch, data: bytes, path: str) -> None:
+    rss, cache, swap, mapped, inactive = flat_values(data, st.tracked.mem_keys, path)
+    st.inactive = inactive or 0
+    _append_present(st, ((MEM_RSS, rss), (MEM_CACHE, cache), (MEM_SWAP, swap), (MEM_MAPPED, mapped)))
+
+
+def _append_present(st: _Scratch, values: tuple[tuple[int, int | None], ...]) -> None:
+    rows, labels = st.rows, st.labels
+    for idx, value in values:
+        if value is not None:
+            rows[idx].append((labels, float(value)))
+
+
+def _single(idx: int) -> Callable[[_Scratch, bytes, str], None]:
+    def handler(st: _Scratch, data: bytes, path: str) -> None:
+        st.rows[idx].append((st.labels, float(parse_int(data, path))))
+
+    return handler
+
+
+def _oom(st: _Scratch, data: bytes, path: str) -> None:
+    (st.oom,) = flat_values(data, _OOM_KEYS, path)
+    if st.oom is not None:
+        st.rows[OOM].append((st.labels, float(st.oom)))
+
+
+def _psi(some_idx: int, full_idx: int) -> Callable[[_Scratch, bytes, str], None]:
+    def handler(st: _Scratch, data: bytes, path: str) -> None:
+        some, full = parse_psi_totals(data, path)
+        if some is not None:
+            st.rows[some_idx].append((st.labels, some / 1e6))
+        if full is not None:
+            st.rows[full_idx].append((st.labels, full / 1e6))
+
+    return handler
+
+
+def _pids(st: _Scratch, data: bytes, path: str) -> None:
+    st.threads = parse_int(data, path)
+    st.rows[THREADS].append((st.labels, float(st.threads)))
+
+
+def _v2_io(st: _Scratch, data: bytes, path: str) -> None:
+    st.io = parse_io_stat(data, path)
+
+
+def _blkio(ios: bool) -> Callable[[_Scratch, bytes, str], None]:
+    def handler(st: _Scratch, data: bytes, path: str) -> None:
+        part = parse_blkio(data, path, ios)
+        if st.io is None:
+            st.io = part
+            return
+        for dev, values in part.items():
+            merged = st.io.setdefault(dev, [0, 0, 0, 0])
+            for i, n in enumerate(values):
+                merged[i] += n
+
+    return handler
+
+
+_HANDLER_OF: dict[int, Callable[[_Scratch, bytes, str], None]] = {
+    V2_CPU: _v2_cpu,
+    V2_MEM_CURRENT: _mem_usage,
+    V2_MEM_STAT: _v2_mem_stat,
+    V2_SWAP: _single(MEM_SWAP),
+    V2_PEAK: _single(MEM_MAX),
+    V2_EVENTS: _oom,
+    V2_IO: _v2_io,
+    PSI_CPU: _psi(PSI_CPU_SOME, PSI_CPU_FULL),
+    PSI_MEM: _psi(PSI_MEM_SOME, PSI_MEM_FULL),
+    PSI_IO: _psi(PSI_IO_SOME, PSI_IO_FULL),
+    PIDS: _pids,
+    V1_USAGE: _v1_usage,
+    V1_ACCT_STAT: _v1_acct_stat,
+    V1_CPU_STAT: _v1_cpu_stat,
+    V1_MEM_USAGE: _mem_usage,
+    V1_MEM_STAT: _v1_mem_stat,
+    V1_MEM_MAX: _single(MEM_MAX),
+    V1_FAILCNT: _single(MEM_FAILCNT),
+    V1_OOM: _oom,
+    V1_BLK_BYTES: _blkio(False),
+    V1_BLK_IOS: _blkio(True),
+}
+_HANDLERS = tuple(_HANDLER_OF[what] for what in range(len(_HANDLER_OF)))
 
 
 class CgroupsCollector(BaseCollector):
@@ -335,7 +512,9 @@ class CgroupsCollector(BaseCollector):
             raise NoDataError(str(exc), _NO_CGROUPS_HINT) from None
 
     def _discover(self, layout: CgroupLayout) -> list[_Tracked]:
-        result = walk(layout.walk_root, self._include, self._exclude, self._cfg.max_depth)
+        result = walk(
+            layout.walk_root, self._include, self._exclude, self._cfg.max_depth, classify=self._resolver.classify
+        )
         wanted = [w for w in result.workloads if w.kind in self._kinds or w.kind == "other"]
         self.discovered = len(wanted)
         limit = self._cfg.max_cgroups
@@ -343,8 +522,7 @@ class CgroupsCollector(BaseCollector):
             # Keep what is already tracked first so series do not flap, then new ones in walk order.
             known = [w for w in wanted if w.id in self._tracked]
             fresh = [w for w in wanted if w.id not in self._tracked]
-            kept = (known + fresh)[:limit]
-            kept_ids = {w.id for w in kept}
+            kept_ids = {w.id for w in (known + fresh)[:limit]}
             wanted = [w for w in wanted if w.id in kept_ids]
         self.dropped = self.discovered - len(wanted)
         if self.dropped != self._dropped_logged:
@@ -356,12 +534,16 @@ class CgroupsCollector(BaseCollector):
                     max_cgroups=limit,
                 )
             self._dropped_logged = self.dropped
+        previous = self._tracked
         tracked: dict[str, _Tracked] = {}
         for w in wanted:
-            t = self._tracked.get(w.id)
-            if t is None or t.workload != w:
+            t = previous.get(w.id)
+            if t is None or (t.workload is not w and t.workload != w):
                 t = self._track(layout, w, t)
             tracked[w.id] = t
+            if t.new and w.parent and (parent := tracked.get(w.parent)) is not None:
+                # A new container or step is a new sub-cgroup of its pod or job: list those again now.
+                parent.refreshed_at = 0.0
         self._tracked = tracked
         return list(tracked.values())
 
@@ -372,12 +554,131 @@ class CgroupsCollector(BaseCollector):
             dirs["unified"] = os.path.join(layout.unified, rel)
         for controller, hier in layout.v1.items():
             dirs[controller] = os.path.join(hier, rel)
-        dirs["walk"] = os.path.join(layout.walk_root, rel)
+        dirs[_WALKED] = os.path.join(layout.walk_root, rel)
         labels = _labels(w)
         t = _Tracked(w, labels, (*labels, "total"), _info(w), dirs)
-        if old is not None:  # metadata changed (names filled in): keep the OOM baseline and spec
-            t.oom, t.spec, t.new = old.oom, old.spec, False
+        if old is not None:  # metadata changed (names filled in): keep the OOM baseline
+            t.oom, t.new = old.oom, False
         return t
+
+    # --- limits and the read plan (when a cgroup is new, then every spec_interval) ----------------------
+
+    def _refresh(self, t: _Tracked, v2: bool, now: float) -> None:
+        """Re-read the limits, list the sub-cgroups, and build the plan of files to read each cycle."""
+        self._list_proc_dirs(t)
+        t.refreshed_at = now
+        quota: int | None
+        period: int | None
+        shares: int | None
+        if v2:
+            cpu_max = self._parse_spec(t, "unified", "cpu.max", parse_cpu_max)
+            quota, period = cpu_max if cpu_max is not None else (None, None)
+            weight = self._parse_spec(t, "unified", "cpu.weight", parse_int)
+            shares = cpu_weight_to_shares(weight) if weight else None
+            mem_limit = self._parse_spec(t, "unified", "memory.max", parse_limit)
+            has_memory = "memory.max" in self._present(t, "unified")
+        else:
+            quota = self._parse_spec(t, "cpu", "cpu.cfs_quota_us", parse_limit)
+            period = self._parse_spec(t, "cpu", "cpu.cfs_period_us", parse_int)
+            shares = self._parse_spec(t, "cpu", "cpu.shares", parse_int)
+            mem_limit = self._parse_spec(t, "memory", "memory.limit_in_bytes", parse_limit)
+            hier = self._file(t, "memory", "memory.use_hierarchy")
+            t.mem_keys = _V1_MEM_KEYS_LOCAL if hier is not None and hier.strip() == b"0" else _V1_MEM_KEYS_HIER
+            has_memory = "memory" in t.dirs and os.path.isdir(t.dirs["memory"])
+        rows: list[tuple[int, float]] = []
+        if has_memory:
+            rows.append((SPEC_MEM, 0.0 if mem_limit is None or mem_limit >= _UNLIMITED else float(mem_limit)))
+        if quota is not None:
+            rows.append((SPEC_QUOTA, float(quota)))
+        if period is not None:
+            rows.append((SPEC_PERIOD, float(period)))
+        if shares is not None:
+            rows.append((SPEC_SHARES, float(shares)))
+        t.spec_rows = rows
+        t.quota_set = quota is not None
+        t.plan = self._plan(t, v2)
+
+    def _present(self, t: _Tracked, hierarchy: str) -> set[str]:
+        d = t.dirs.get(hierarchy)
+        if d is None:
+            return set()
+        try:
+            return set(os.listdir(d))
+        except OSError:
+            return set()
+
+    def _plan(self, t: _Tracked, v2: bool) -> list[tuple[str, int]]:
+        """The files to read each cycle, in order; files this cgroup lacks (older kernel, a controller not
+        enabled in its subtree) are left out until the next refresh."""
+        wanted: list[tuple[str, str, int]]
+        if v2:
+            wanted = [
+                ("unified", "cpu.stat", V2_CPU),
+                ("unified", "memory.current", V2_MEM_CURRENT),
+                ("unified", "memory.stat", V2_MEM_STAT),
+                ("unified", "memory.swap.current", V2_SWAP),
+                ("unified", "memory.peak", V2_PEAK),
+                ("unified", "memory.events", V2_EVENTS),
+                ("unified", "io.stat", V2_IO),
+            ]
+        else:
+            acct = "cpuacct" if "cpuacct" in t.dirs else "cpu"
+            wanted = [
+                (acct, "cpuacct.usage", V1_USAGE),
+                (acct, "cpuacct.stat", V1_ACCT_STAT),
+                ("memory", "memory.usage_in_bytes", V1_MEM_USAGE),
+                ("memory", "memory.stat", V1_MEM_STAT),
+                ("memory", "memory.max_usage_in_bytes", V1_MEM_MAX),
+                ("memory", "memory.failcnt", V1_FAILCNT),
+                ("memory", "memory.oom_control", V1_OOM),
+                ("blkio", "blkio.throttle.io_service_bytes_recursive", V1_BLK_BYTES),
+                ("blkio", "blkio.throttle.io_serviced_recursive", V1_BLK_IOS),
+            ]
+            if t.quota_set:
+                wanted.insert(2, ("cpu", "cpu.stat", V1_CPU_STAT))
+        wanted += [
+            ("unified", "cpu.pressure", PSI_CPU),
+            ("unified", "memory.pressure", PSI_MEM),
+            ("unified", "io.pressure", PSI_IO),
+            ("unified" if v2 else "pids", "pids.current", PIDS),
+        ]
+        listings: dict[str, set[str]] = {}
+        plan: list[tuple[str, int]] = []
+        for hierarchy, name, what in wanted:
+            if hierarchy not in listings:
+                listings[hierarchy] = self._present(t, hierarchy)
+            if name in listings[hierarchy]:
+                plan.append((f"{t.dirs[hierarchy]}/{name}", what))
+        return plan
+
+    def _list_proc_dirs(self, t: _Tracked) -> None:
+        dirs: list[str] = []
+        for dirpath, _subdirs, _files in os.walk(t.dirs[_WALKED]):
+            dirs.append(dirpath)
+            if len(dirs) >= 256:
+                break
+        t.proc_dirs = tuple(dirs)
+
+    def _file(self, t: _Tracked, hierarchy: str, name: str) -> bytes | None:
+        d = t.dirs.get(hierarchy)
+        if d is None:
+            return None
+        path = f"{d}/{name}"
+        try:
+            return read_file(path)
+        except OSError as exc:
+            self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
+            return None
+
+    def _parse_spec(self, t: _Tracked, hierarchy: str, name: str, parse: Callable[[bytes, str], _T]) -> _T | None:
+        data = self._file(t, hierarchy, name)
+        if data is None:
+            return None
+        try:
+            return parse(data, f"{t.workload.id}/{name}")
+        except ParseError as exc:
+            self._error("parse", name, str(exc))
+            return None
 
     # --- one cycle --------------------------------------------------------------------------------------
 
@@ -388,23 +689,28 @@ class CgroupsCollector(BaseCollector):
         now = time.monotonic()
         tracked = self._discover(layout)
         v2 = layout.mode == "v2"
+        spec_interval = self._cfg.spec_interval
         rows: list[list[Sample]] = [[] for _ in _DEFS]
         info: list[Sample] = []
         procs_cache: dict[str, int] = {}
+        rises: list[tuple[_Tracked, int, int]] = []
         for t in tracked:
             try:
-                if now - t.spec.read_at >= self._cfg.spec_interval or t.spec.read_at == 0.0:
-                    t.spec = self._read_spec(t, v2, now)
-                out = self._sample_v2(t, procs_cache) if v2 else self._sample_v1(t, procs_cache)
+                if t.refreshed_at == 0.0 or now - t.refreshed_at >= spec_interval:
+                    if not os.path.isdir(t.dirs[_WALKED]):
+                        continue
+                    self._refresh(t, v2, now)
+                oom = self._sample(t, rows, procs_cache)
             except _Gone:
+                self._discard(t, rows)
                 continue
-            for idx, labels, value in out:
-                rows[idx].append((labels, value))
             info.append((t.info, 1.0))
-            oom = next((v for i, _, v in out if i == OOM), None)
             if oom is not None:
-                self._oom_check(t, int(oom), first)
+                rise = self._oom_rise(t, oom, first)
+                if rise:
+                    rises.append((t, oom, rise))
             t.new = False
+        self._log_oom_events(rises)
         families = [
             MetricFamily(d.name, d.type, d.help, BASE_LABELS + d.extra, tuple(samples))
             for d, samples in zip(_DEFS, rows, strict=True)
@@ -422,6 +728,14 @@ class CgroupsCollector(BaseCollector):
             )
         families.extend(self._self_families(layout))
         return families
+
+    @staticmethod
+    def _discard(t: _Tracked, rows: list[list[Sample]]) -> None:
+        """Drop the samples already appended for a cgroup that vanished mid-read (they are at the tails)."""
+        cgid = t.workload.id
+        for samples in rows:
+            while samples and samples[-1][0][0] == cgid:
+                samples.pop()
 
     def _self_families(self, layout: CgroupLayout) -> list[MetricFamily]:
         return [
@@ -455,27 +769,6 @@ class CgroupsCollector(BaseCollector):
             ),
         ]
 
-    # --- reading ----------------------------------------------------------------------------------------
-
-    def _read(self, t: _Tracked, hierarchy: str, name: str, required: bool = False) -> bytes | None:
-        """A file of this cgroup; ``None`` if absent. ``required``: absent means the cgroup is gone."""
-        d = t.dirs.get(hierarchy)
-        if d is None:
-            return None
-        path = f"{d}/{name}"
-        if path in t.spec.absent:
-            return None
-        try:
-            data = read_file(path)
-        except OSError as exc:
-            self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
-            return None
-        if data is None:
-            if required or not os.path.isdir(t.dirs["walk"]):
-                raise _Gone(t.workload.id)
-            t.spec.absent.add(path)
-        return data
-
     def _error(self, reason: str, path: str, message: str) -> None:
         self._errors[reason] += 1
         key = os.path.basename(path) + reason
@@ -484,20 +777,56 @@ class CgroupsCollector(BaseCollector):
             self._error_logged[key] = now
             self._log.warning("cgroups.read_error", error={"message": message}, file=path)
 
-    def _parse(self, func: Any, data: bytes | None, path_hint: str, *args: Any) -> Any:
-        if data is None:
-            return None
-        try:
-            return func(data, *args)
-        except ParseError as exc:
-            self._error("parse", path_hint, str(exc))
-            return None
+    def _sample(self, t: _Tracked, rows: list[list[Sample]], procs_cache: dict[str, int]) -> int | None:
+        """
+        Read this cycle's files of one cgroup and append its samples to ``rows``; returns its OOM-kill
+        count (``None`` if unknown). The collector's hot path: per file one read, one table lookup, one parse.
+
+        Raises:
+            _Gone: the cgroup was removed during the reads.
+        """
+        st = _Scratch(t, rows)
+        absent: list[tuple[str, int]] = []
+        handlers = _HANDLERS
+        for entry in t.plan:
+            path, what = entry
+            try:
+                data = read_file(path)
+            except OSError as exc:
+                self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
+                continue
+            if data is None:
+                if entry is t.plan[0] or not os.path.isdir(t.dirs[_WALKED]):
+                    raise _Gone(t.workload.id)
+                absent.append(entry)
+                continue
+            try:
+                handlers[what](st, data, path)
+            except ParseError as exc:
+                self._error("parse", path, str(exc))
+        labels = t.labels
+        if st.usage is not None and st.inactive is not None:
+            rows[MEM_WS].append((labels, float(max(st.usage - st.inactive, 0))))
+        if st.io:
+            self._io_rows(t, st.io, rows)
+        for idx, value in t.spec_rows:
+            rows[idx].append((labels, value))
+        procs = self._processes(t, procs_cache)
+        if procs == 0 and st.threads:
+            # Tasks but no process in the known sub-cgroups: one was created since the last listing.
+            self._list_proc_dirs(t)
+            procs = self._processes(t, procs_cache)
+        if procs is not None:
+            rows[PROCESSES].append((labels, float(procs)))
+        if absent:
+            t.plan = [e for e in t.plan if e not in absent]
+        return st.oom
 
     def _processes(self, t: _Tracked, cache: dict[str, int]) -> int | None:
-        """Processes in the cgroup and its descendant cgroups (listed with the spec)."""
+        """Processes in the cgroup and its sub-cgroups (listed at refresh), each cgroup.procs read once a cycle."""
         total = 0
         seen = False
-        for d in t.spec.proc_dirs:
+        for d in t.proc_dirs:
             n = cache.get(d)
             if n is None:
                 path = f"{d}/cgroup.procs"
@@ -513,208 +842,11 @@ class CgroupsCollector(BaseCollector):
             seen = True
         return total if seen else None
 
-    def _read_spec(self, t: _Tracked, v2: bool, now: float) -> _Spec:
-        spec = _Spec(read_at=now)
-        dirs: list[str] = []
-        walk_dir = t.dirs["walk"]
-        for dirpath, _subdirs, _files in os.walk(walk_dir):
-            dirs.append(dirpath)
-            if len(dirs) >= 256:
-                break
-        if not dirs:
-            raise _Gone(t.workload.id)
-        spec.proc_dirs = tuple(dirs)
-        if v2:
-            src = f"{t.workload.id}/cpu.max"
-            cpu_max = self._parse(parse_cpu_max, self._read(t, "unified", "cpu.max"), src, src)
-            if cpu_max is not None:
-                spec.quota, spec.period = cpu_max
-            weight = self._parse(parse_int, self._read(t, "unified", "cpu.weight"), src, src)
-            spec.shares = cpu_weight_to_shares(weight) if weight else None
-            src = f"{t.workload.id}/memory.max"
-            spec.mem_limit = self._parse(parse_limit, self._read(t, "unified", "memory.max"), src, src)
-        else:
-            src = f"{t.workload.id}/cpu.cfs_quota_us"
-            spec.quota = self._parse(parse_limit, self._read(t, "cpu", "cpu.cfs_quota_us"), src, src)
-            spec.period = self._parse(parse_int, self._read(t, "cpu", "cpu.cfs_period_us"), src, src)
-            spec.shares = self._parse(parse_int, self._read(t, "cpu", "cpu.shares"), src, src)
-            src = f"{t.workload.id}/memory.limit_in_bytes"
-            spec.mem_limit = self._parse(parse_limit, self._read(t, "memory", "memory.limit_in_bytes"), src, src)
-            hier = self._read(t, "memory", "memory.use_hierarchy")
-            spec.hierarchy = hier is None or hier.strip() != b"0"
-        return spec
-
-    def _common_rows(self, t: _Tracked, out: list[Row], cache: dict[str, int]) -> None:
-        """Spec values, processes: the same on v1 and v2."""
-        labels = t.labels
-        spec = t.spec
-        if spec.mem_limit is not None:
-            out.append((SPEC_MEM, labels, 0.0 if spec.mem_limit >= _UNLIMITED else float(spec.mem_limit)))
-        elif spec.read_at:
-            out.append((SPEC_MEM, labels, 0.0))
-        if spec.quota is not None:
-            out.append((SPEC_QUOTA, labels, float(spec.quota)))
-        if spec.period is not None:
-            out.append((SPEC_PERIOD, labels, float(spec.period)))
-        if spec.shares is not None:
-            out.append((SPEC_SHARES, labels, float(spec.shares)))
-        procs = self._processes(t, cache)
-        if procs is not None:
-            out.append((PROCESSES, labels, float(procs)))
-
-    def _io_rows(self, t: _Tracked, io: IoTotals | None, out: list[Row]) -> None:
-        if not io:
-            return
+    def _io_rows(self, t: _Tracked, io: IoTotals, rows: list[list[Sample]]) -> None:
         for dev, values in io.items():
             labels = (*t.labels, self._device(dev))
             for idx, value in zip(_FS_FAMILIES, values, strict=True):
-                out.append((idx, labels, float(value)))
-
-    def _psi_rows(self, t: _Tracked, hierarchy: str, out: list[Row]) -> None:
-        for resource, some_idx, full_idx in (
-            ("cpu", PSI_CPU_SOME, PSI_CPU_FULL),
-            ("memory", PSI_MEM_SOME, PSI_MEM_FULL),
-            ("io", PSI_IO_SOME, PSI_IO_FULL),
-        ):
-            name = f"{resource}.pressure"
-            totals = self._parse(parse_psi_totals, self._read(t, hierarchy, name), name, name)
-            if totals is None:
-                continue
-            some, full = totals
-            if some is not None:
-                out.append((some_idx, t.labels, some / 1e6))
-            if full is not None:
-                out.append((full_idx, t.labels, full / 1e6))
-
-    def _sample_v2(self, t: _Tracked, cache: dict[str, int]) -> list[Row]:
-        out: list[Row] = []
-        labels = t.labels
-        cpu = self._parse(
-            parse_flat_keyed, self._read(t, "unified", "cpu.stat", True), "cpu.stat", _V2_CPU_KEYS, "cpu.stat"
-        )
-        if cpu:
-            if (v := cpu.get(b"usage_usec")) is not None:
-                out.append((CPU_USAGE, t.cpu_labels, v / 1e6))
-            if (v := cpu.get(b"user_usec")) is not None:
-                out.append((CPU_USER, labels, v / 1e6))
-            if (v := cpu.get(b"system_usec")) is not None:
-                out.append((CPU_SYSTEM, labels, v / 1e6))
-            if t.spec.quota is not None and b"nr_periods" in cpu:
-                out.append((CFS_PERIODS, labels, float(cpu[b"nr_periods"])))
-                out.append((CFS_THROTTLED, labels, float(cpu.get(b"nr_throttled", 0))))
-                out.append((CFS_THROTTLED_S, labels, cpu.get(b"throttled_usec", 0) / 1e6))
-        usage = self._parse(parse_int, self._read(t, "unified", "memory.current"), "memory.current", "memory.current")
-        stat = self._parse(
-            parse_flat_keyed, self._read(t, "unified", "memory.stat"), "memory.stat", _V2_MEM_KEYS, "memory.stat"
-        )
-        if usage is not None:
-            out.append((MEM_USAGE, labels, float(usage)))
-            if stat is not None:
-                out.append((MEM_WS, labels, float(max(usage - stat.get(b"inactive_file", 0), 0))))
-        if stat:
-            for idx, key in ((MEM_RSS, b"anon"), (MEM_CACHE, b"file"), (MEM_MAPPED, b"file_mapped")):
-                if (v := stat.get(key)) is not None:
-                    out.append((idx, labels, float(v)))
-        for idx, name in ((MEM_SWAP, "memory.swap.current"), (MEM_MAX, "memory.peak")):
-            value = self._parse(parse_int, self._read(t, "unified", name), name, name)
-            if value is not None:
-                out.append((idx, labels, float(value)))
-        events = self._parse(
-            parse_flat_keyed, self._read(t, "unified", "memory.events"), "memory.events", _OOM_KEYS, "memory.events"
-        )
-        if events and (v := events.get(b"oom_kill")) is not None:
-            out.append((OOM, labels, float(v)))
-        self._io_rows(t, self._parse(parse_io_stat, self._read(t, "unified", "io.stat"), "io.stat", "io.stat"), out)
-        self._psi_rows(t, "unified", out)
-        threads = self._parse(parse_int, self._read(t, "unified", "pids.current"), "pids.current", "pids.current")
-        if threads is not None:
-            out.append((THREADS, labels, float(threads)))
-        self._common_rows(t, out, cache)
-        return out
-
-    def _sample_v1(self, t: _Tracked, cache: dict[str, int]) -> list[Row]:
-        out: list[Row] = []
-        labels = t.labels
-        acct = "cpuacct" if "cpuacct" in t.dirs else "cpu"
-        usage_ns = self._parse(parse_int, self._read(t, acct, "cpuacct.usage", True), "cpuacct.usage", "cpuacct.usage")
-        if usage_ns is not None:
-            out.append((CPU_USAGE, t.cpu_labels, usage_ns / 1e9))
-        stat = self._parse(
-            parse_flat_keyed, self._read(t, acct, "cpuacct.stat"), "cpuacct.stat", _V1_ACCT_KEYS, "cpuacct.stat"
-        )
-        if stat:
-            if (v := stat.get(b"user")) is not None:
-                out.append((CPU_USER, labels, v / _CLK_TCK))
-            if (v := stat.get(b"system")) is not None:
-                out.append((CPU_SYSTEM, labels, v / _CLK_TCK))
-        if t.spec.quota is not None:
-            cpu = self._parse(parse_flat_keyed, self._read(t, "cpu", "cpu.stat"), "cpu.stat", _V1_CPU_KEYS, "cpu.stat")
-            if cpu and b"nr_periods" in cpu:
-                out.append((CFS_PERIODS, labels, float(cpu[b"nr_periods"])))
-                out.append((CFS_THROTTLED, labels, float(cpu.get(b"nr_throttled", 0))))
-                out.append((CFS_THROTTLED_S, labels, cpu.get(b"throttled_time", 0) / 1e9))
-        if "memory" in t.dirs:
-            self._memory_v1(t, out)
-        blk = "blkio"
-        rbytes = self._parse(
-            parse_blkio, self._read(t, blk, "blkio.throttle.io_service_bytes_recursive"), "blkio", "blkio", False
-        )
-        rios = self._parse(
-            parse_blkio, self._read(t, blk, "blkio.throttle.io_serviced_recursive"), "blkio", "blkio", True
-        )
-        if rbytes is not None or rios is not None:
-            merged: IoTotals = {}
-            for part in (rbytes or {}, rios or {}):
-                for dev, row in part.items():
-                    m = merged.setdefault(dev, [0, 0, 0, 0])
-                    for i, v in enumerate(row):
-                        m[i] += v
-            self._io_rows(t, merged, out)
-        self._psi_rows(t, "unified", out)
-        threads = self._parse(parse_int, self._read(t, "pids", "pids.current"), "pids.current", "pids.current")
-        if threads is not None:
-            out.append((THREADS, labels, float(threads)))
-        self._common_rows(t, out, cache)
-        return out
-
-    def _memory_v1(self, t: _Tracked, out: list[Row]) -> None:
-        labels = t.labels
-        usage = self._parse(
-            parse_int,
-            self._read(t, "memory", "memory.usage_in_bytes"),
-            "memory.usage_in_bytes",
-            "memory.usage_in_bytes",
-        )
-        stat = self._parse(
-            parse_flat_keyed, self._read(t, "memory", "memory.stat"), "memory.stat", _V1_MEM_KEYS, "memory.stat"
-        )
-        prefix = b"total_" if t.spec.hierarchy else b""
-        if usage is not None:
-            out.append((MEM_USAGE, labels, float(usage)))
-            if stat is not None:
-                out.append((MEM_WS, labels, float(max(usage - stat.get(prefix + b"inactive_file", 0), 0))))
-        if stat:
-            for idx, key in (
-                (MEM_RSS, b"rss"),
-                (MEM_CACHE, b"cache"),
-                (MEM_SWAP, b"swap"),
-                (MEM_MAPPED, b"mapped_file"),
-            ):
-                if (v := stat.get(prefix + key)) is not None:
-                    out.append((idx, labels, float(v)))
-        for idx, name in ((MEM_MAX, "memory.max_usage_in_bytes"), (MEM_FAILCNT, "memory.failcnt")):
-            value = self._parse(parse_int, self._read(t, "memory", name), name, name)
-            if value is not None:
-                out.append((idx, labels, float(value)))
-        oom = self._parse(
-            parse_flat_keyed,
-            self._read(t, "memory", "memory.oom_control"),
-            "memory.oom_control",
-            _OOM_KEYS,
-            "memory.oom_control",
-        )
-        if oom and (v := oom.get(b"oom_kill")) is not None:
-            out.append((OOM, labels, float(v)))
+                rows[idx].append((labels, float(value)))
 
     def _device(self, majmin: str) -> str:
         """``8:0`` -> ``/dev/sda`` through ``/sys/dev/block`` (cAdvisor's device label), cached."""
@@ -730,18 +862,38 @@ class CgroupsCollector(BaseCollector):
 
     # --- OOM kill events --------------------------------------------------------------------------------
 
-    def _oom_check(self, t: _Tracked, count: int, first_cycle: bool) -> None:
+    def _oom_rise(self, t: _Tracked, count: int, first_cycle: bool) -> int:
+        """Kills since the last cycle (0 for a baseline)."""
         previous = t.oom
         t.oom = count
         if previous is None:
             # A cgroup present at start-up: its past kills are history, not news. A cgroup that appeared
             # since: every kill it counts happened while we were watching.
-            if first_cycle or not t.new or count == 0:
-                return
+            if first_cycle or not t.new:
+                return 0
             previous = 0
-        if count <= previous:
-            return
-        log_oom_event(self._log, t.workload, count, count - previous)
+        elif count < previous:
+            # The counter only grows: this is a new cgroup made under the same path (a restarted service).
+            previous = 0
+        return count - previous
+
+    def _log_oom_events(self, rises: list[tuple[_Tracked, int, int]]) -> None:
+        """
+        One event per kill, in the innermost workload: v2 counters are hierarchical, so a kill in a container
+        also raises its pod's count (and a step's its job's); the parent logs only the kills its exported
+        children do not account for (a container removed before it was seen, a process in the pod itself).
+        """
+        by_parent: dict[str, int] = {}
+        for t, _count, delta in rises:
+            if t.workload.parent:
+                by_parent[t.workload.parent] = by_parent.get(t.workload.parent, 0) + delta
+        for t, count, delta in rises:
+            own = delta - by_parent.get(t.workload.id, 0)
+            if own > 0:
+                log_oom_event(self._log, t.workload, count, own)
+
+
+_T = TypeVar("_T")
 
 
 def oom_event_fields(w: Workload, count: int, delta: int) -> dict[str, Any]:
