@@ -34,6 +34,7 @@ from nodeagent.workloads import WalkResult, WorkloadResolver, walk
 from tests.collectors.conftest import make_ctx
 from tests.integration.agent_proc import http_get, run_agent, wait_until
 from tests.integration.cgroups_helpers import TestCgroups, ids, leftovers, rows, value
+from tests.integration.peers import run_prometheus, scrape_config, wait_for_scrapes
 from tests.prereq import missing
 
 pytestmark = [pytest.mark.root, pytest.mark.integration]
@@ -548,3 +549,77 @@ def test_max_cgroups_exports_the_first_and_counts_the_dropped(tree: TestCgroups)
     # Pods count as workloads too: the pod and 4 containers found, the pod and the first container exported.
     assert [pod, tree.id(newcomer.rel)] == ids(pods_too)
     assert (5.0, 3.0) == (value(pods_too, "nodeagent_cgroups_discovered"), value(pods_too, "nodeagent_cgroups_dropped"))
+
+
+# --- 8. kubernetes-mixin queries through a real Prometheus -------------------------------------------------
+
+# kubernetes-mixin's container expressions with its cadvisorSelector (job="cadvisor"). Two adaptations, both
+# for sources outside this collector: the join on kube_pod_info (kube-state-metrics) is left out, and the
+# `image!=""` / `container!=""` matchers, which need the names that container-runtime metadata fills in,
+# are replaced by the workload's `id`.
+MIXIN_RULES = """
+groups:
+- name: kubernetes-mixin-container
+  rules:
+  - record: node_namespace_pod_container:container_cpu_usage_seconds_total:sum_irate
+    expr: sum by (namespace, pod, container, id) (irate(container_cpu_usage_seconds_total{job="cadvisor"}[5m]))
+  - record: node_namespace_pod_container:container_memory_working_set_bytes
+    expr: container_memory_working_set_bytes{job="cadvisor"}
+  - alert: CPUThrottlingHigh
+    expr: |
+      sum(increase(container_cpu_cfs_throttled_periods_total{job="cadvisor"}[5m])) by (id, container, pod, namespace)
+        /
+      sum(increase(container_cpu_cfs_periods_total{job="cadvisor"}[5m])) by (id, container, pod, namespace)
+        > ( 25 / 100 )
+    labels: {severity: info}
+  - alert: ContainerOOMKilled
+    expr: increase(container_oom_events_total{job="cadvisor"}[5m]) > 0
+    labels: {severity: warning}
+"""
+
+
+def test_kubernetes_mixin_queries_get_data_from_a_real_prometheus(tree: TestCgroups, tmp_path: Path) -> None:
+    """
+    A real Prometheus scrapes the real agent under job="cadvisor" with kubernetes-mixin's container rules loaded:
+    CPU usage (near the 20 % quota of a burner), working set, CPUThrottlingHigh and an OOM-kill alert all
+    return data for the test containers.
+    """
+    burner, hog = make_container(tree), make_container(tree)
+    burner_id, hog_id = tree.id(burner.rel), tree.id(hog.rel)
+    tree.write("cpu", burner.rel, "cpu.cfs_quota_us", "20000")
+    tree.write("cpu", burner.rel, "cpu.cfs_period_us", "100000")
+    _limit_memory(tree, hog.rel, 32 << 20)
+    tree.spawn_ready(burner.rel, BURN)
+    rules = tmp_path / "mixin.rules.yaml"
+    rules.write_text(MIXIN_RULES)
+    config = tmp_path / "nodeagent.yaml"
+    config.write_text(yaml.safe_dump({"interval": "1s", "collectors": {"cgroups": {"exclude": tree.exclude}}}))
+    with run_agent(["--config", str(config)], tmp_dir=str(tmp_path)) as agent:
+        instance = f"127.0.0.1:{agent.port}"
+        with run_prometheus(scrape_config("cadvisor", {instance: {}}), [rules], tmp_path) as prom:
+            wait_for_scrapes(prom, [instance], 3)
+            _oom_kill(tree, hog.rel, 1)
+            wait_for_scrapes(prom, [instance], 8)
+
+            def sample(expr: str) -> dict[str, float]:
+                return {r["metric"].get("id", ""): float(r["value"][1]) for r in prom.query(expr)}
+
+            def firing(alert: str) -> set[str]:
+                alerts = prom.api("alerts")["alerts"]
+                return {a["labels"].get("id", "") for a in alerts if a["labels"]["alertname"] == alert}
+
+            wait_until(lambda: hog_id in firing("ContainerOOMKilled"), 15, "ContainerOOMKilled to fire")
+            wait_until(lambda: burner_id in firing("CPUThrottlingHigh"), 15, "CPUThrottlingHigh to fire")
+            cpu = sample("node_namespace_pod_container:container_cpu_usage_seconds_total:sum_irate")
+            working_set = sample("node_namespace_pod_container:container_memory_working_set_bytes")
+            throttled = sample(
+                f'increase(container_cpu_cfs_throttled_periods_total{{id="{burner_id}"}}[5m])'
+                f' / increase(container_cpu_cfs_periods_total{{id="{burner_id}"}}[5m])'
+            )
+            oom = sample(f'container_oom_events_total{{id="{hog_id}"}}')
+
+    assert 0.1 < cpu[burner_id] < 0.3, cpu  # the quota is 20 % of a CPU
+    assert cpu[hog_id] >= 0.0
+    assert 1 << 20 < working_set[burner_id] < 256 << 20, working_set
+    assert throttled[burner_id] > 0.5, throttled
+    assert {hog_id: 1.0} == oom
