@@ -63,11 +63,11 @@ def test_tiny_run_reports_plausible_figures_and_cleans_up(cgroup_root: str, tmp_
     text = report.read_text()
     assert text in stdout
     for heading in (
-        "## cgroups: cost per workload cgroup",
-        "### Per cycle",
-        "### Machine",
-        "### Method",
-        "### Profile",
+        "# Performance: the cgroups collector, cost per workload cgroup",
+        "## Per cycle",
+        "## Machine",
+        "## Method",
+        "## Profile",
     ):
         assert heading in text
     for row in (

@@ -11,9 +11,11 @@ Sampling runs in one worker thread so a large tree never stalls the event loop o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import re
+import resource
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +38,7 @@ from nodeagent.hostfs import ParseError
 from nodeagent.metrics import LabelValues, MetricFamily, MetricType, Sample
 from nodeagent.sources.cgroupfs import (
     CgroupLayout,
+    FlatKeys,
     IoTotals,
     NoCgroupsError,
     cpu_weight_to_shares,
@@ -199,14 +202,18 @@ _DEFS: tuple[_Def, ...] = (
 _FS_FAMILIES = (FS_RBYTES, FS_WBYTES, FS_RIOS, FS_WIOS)
 
 # Fields parsed from each flat-keyed file (only what is exported).
-_V2_CPU_KEYS = (b"usage_usec", b"user_usec", b"system_usec", b"nr_periods", b"nr_throttled", b"throttled_usec")
-_V2_MEM_KEYS = (b"anon", b"file", b"file_mapped", b"inactive_file")
-_V1_CPU_KEYS = (b"nr_periods", b"nr_throttled", b"throttled_time")
-_V1_ACCT_KEYS = (b"user", b"system")
-_V1_MEM_KEYS_HIER = (b"total_rss", b"total_cache", b"total_swap", b"total_mapped_file", b"total_inactive_file")
-_V1_MEM_KEYS_LOCAL = (b"rss", b"cache", b"swap", b"mapped_file", b"inactive_file")
-_V1_MEM_KEYS = _V1_MEM_KEYS_HIER + _V1_MEM_KEYS_LOCAL
-_OOM_KEYS = (b"oom_kill",)
+_V2_CPU_KEYS = FlatKeys(
+    (b"usage_usec", b"user_usec", b"system_usec", b"nr_periods", b"nr_throttled", b"throttled_usec")
+)
+_V2_MEM_KEYS = FlatKeys((b"anon", b"file", b"file_mapped", b"inactive_file"))
+_V1_CPU_KEYS = FlatKeys((b"nr_periods", b"nr_throttled", b"throttled_time"))
+_V1_ACCT_KEYS = FlatKeys((b"user", b"system"))
+_V1_MEM_KEYS_HIER = FlatKeys(
+    (b"total_rss", b"total_cache", b"total_swap", b"total_mapped_file", b"total_inactive_file")
+)
+_V1_MEM_KEYS_LOCAL = FlatKeys((b"rss", b"cache", b"swap", b"mapped_file", b"inactive_file"))
+_V1_MEM_KEYS = FlatKeys(_V1_MEM_KEYS_HIER + _V1_MEM_KEYS_LOCAL)
+_OOM_KEYS = FlatKeys((b"oom_kill",))
 
 # What each file of a cgroup's read plan holds (the plan is built when a cgroup is new or its spec is re-read).
 (
@@ -250,8 +257,11 @@ class _Tracked:
     info: LabelValues
     # Directory of this cgroup in each hierarchy that exists on the host (controller -> dir).
     dirs: dict[str, str]
-    # (path, what) for each file read every cycle; the first one's absence means the cgroup is gone.
-    plan: list[tuple[str, int]] = field(default_factory=list)
+    # (directory fd, file name, path, what) for each file read every cycle; the first one's absence means
+    # the cgroup is gone. Files are opened relative to a held O_PATH descriptor of their cgroup directory,
+    # which spares the kernel the walk down the whole path (~1.4 us of ~5 per file here).
+    plan: list[tuple[int, str, str, int]] = field(default_factory=list)
+    dir_fds: dict[str, int] = field(default_factory=dict)  # directory path -> O_PATH fd (-1: read by path)
     # Limits as (family index, value), appended unchanged every cycle until the next refresh.
     spec_rows: list[tuple[int, float]] = field(default_factory=list)
     quota_set: bool = False
@@ -260,6 +270,14 @@ class _Tracked:
     refreshed_at: float = 0.0
     oom: int | None = None
     new: bool = True
+
+
+def _close_dirs(t: _Tracked) -> None:
+    for fd in t.dir_fds.values():
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    t.dir_fds.clear()
 
 
 def _labels(w: Workload) -> LabelValues:
@@ -314,7 +332,37 @@ def read_file(
         _close(fd)
 
 
+def read_file_at(
+    dir_fd: int,
+    name: str,
+    path: str,
+    _open: Callable[..., int] = os.open,
+    _read: Callable[[int, int], bytes] = os.read,
+    _close: Callable[[int], None] = os.close,
+) -> bytes | None:
+    """``read_file`` of ``name`` relative to the open directory ``dir_fd`` (``path`` when ``dir_fd`` < 0)."""
+    try:
+        fd = _open(name, _OPEN_FLAGS, dir_fd=dir_fd) if dir_fd >= 0 else _open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        data = _read(fd, _READ_SIZE)
+        if len(data) == _READ_SIZE:
+            chunks = [data]
+            while chunk := _read(fd, _READ_SIZE):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+        return data
+    except OSError as exc:
+        if exc.errno in _GONE_ERRNOS:
+            return None
+        raise
+    finally:
+        _close(fd)
+
+
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _GONE_ERRNOS = frozenset({errno.ENODEV, errno.ENOENT, errno.ESRCH, errno.EOPNOTSUPP})
 
 
@@ -468,6 +516,22 @@ _HANDLER_OF: dict[int, Callable[[_Scratch, bytes, str], None]] = {
 _HANDLERS = tuple(_HANDLER_OF[what] for what in range(len(_HANDLER_OF)))
 
 
+# Held directory descriptors per cgroup: one per hierarchy read (cpuacct, cpu, memory, blkio, pids, unified).
+_FDS_PER_CGROUP = 7
+
+
+def raise_fd_limit(need: int) -> None:
+    """
+    Raise the soft RLIMIT_NOFILE towards ``need`` (never past the hard limit), as the Go runtime does for
+    node_exporter: the collector holds a directory descriptor per cgroup hierarchy it reads.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
 class CgroupsCollector(BaseCollector):
     """Lists workload cgroups each cycle and reads their statistics in one worker thread."""
 
@@ -486,9 +550,25 @@ class CgroupsCollector(BaseCollector):
         self._error_logged: dict[str, float] = {}
         self._dropped_logged = 0
         self._busy = threading.Lock()
+        self._fd_warned = False
+        raise_fd_limit(_FDS_PER_CGROUP * cfg.max_cgroups + 1024)
         # The last cycle's discovery counts (exported as nodeagent_cgroups_*).
         self.discovered = 0
         self.dropped = 0
+
+    async def aclose(self) -> None:
+        """Close the held cgroup directory descriptors."""
+        with self._busy:
+            self._close_all()
+
+    def _close_all(self) -> None:
+        for t in getattr(self, "_tracked", {}).values():
+            _close_dirs(t)
+        self._tracked = {}
+
+    def __del__(self) -> None:
+        # A collector dropped without aclose (doctor, tests) must not leak its descriptors.
+        self._close_all()
 
     async def collect(self) -> Sequence[MetricFamily]:
         """Sample every workload cgroup in a worker thread (cgroupfs reads never block, but 1000s add up)."""
@@ -537,13 +617,17 @@ class CgroupsCollector(BaseCollector):
         previous = self._tracked
         tracked: dict[str, _Tracked] = {}
         for w in wanted:
-            t = previous.get(w.id)
+            t = previous.pop(w.id, None)
             if t is None or (t.workload is not w and t.workload != w):
+                if t is not None:
+                    _close_dirs(t)
                 t = self._track(layout, w, t)
             tracked[w.id] = t
             if t.new and w.parent and (parent := tracked.get(w.parent)) is not None:
                 # A new container or step is a new sub-cgroup of its pod or job: list those again now.
                 parent.refreshed_at = 0.0
+        for gone in previous.values():
+            _close_dirs(gone)
         self._tracked = tracked
         return list(tracked.values())
 
@@ -607,7 +691,7 @@ class CgroupsCollector(BaseCollector):
         except OSError:
             return set()
 
-    def _plan(self, t: _Tracked, v2: bool) -> list[tuple[str, int]]:
+    def _plan(self, t: _Tracked, v2: bool) -> list[tuple[int, str, str, int]]:
         """The files to read each cycle, in order; files this cgroup lacks (older kernel, a controller not
         enabled in its subtree) are left out until the next refresh."""
         wanted: list[tuple[str, str, int]]
@@ -643,13 +727,35 @@ class CgroupsCollector(BaseCollector):
             ("unified" if v2 else "pids", "pids.current", PIDS),
         ]
         listings: dict[str, set[str]] = {}
-        plan: list[tuple[str, int]] = []
+        plan: list[tuple[int, str, str, int]] = []
         for hierarchy, name, what in wanted:
             if hierarchy not in listings:
                 listings[hierarchy] = self._present(t, hierarchy)
             if name in listings[hierarchy]:
-                plan.append((f"{t.dirs[hierarchy]}/{name}", what))
+                plan.append((self._dir_fd(t, hierarchy), name, f"{t.dirs[hierarchy]}/{name}", what))
         return plan
+
+    def _dir_fd(self, t: _Tracked, hierarchy: str) -> int:
+        """A held O_PATH descriptor of the cgroup's directory in ``hierarchy``; -1 (read by path) if none."""
+        return self._dir_fd_of(t, t.dirs[hierarchy])
+
+    def _dir_fd_of(self, t: _Tracked, directory: str) -> int:
+        # Keyed by path: co-mounted hierarchies (cpu,cpuacct) and the walked one share a descriptor.
+        fd = t.dir_fds.get(directory)
+        if fd is None:
+            try:
+                fd = os.open(directory, _DIR_FLAGS)
+            except OSError as exc:
+                fd = -1
+                if exc.errno in (errno.EMFILE, errno.ENFILE) and not self._fd_warned:
+                    self._fd_warned = True
+                    self._log.warning(
+                        "cgroups.fd_limit",
+                        message="out of file descriptors for cgroup directories; reading the rest by path (slower)",
+                        error={"message": str(exc)},
+                    )
+            t.dir_fds[directory] = fd
+        return fd
 
     def _list_proc_dirs(self, t: _Tracked) -> None:
         dirs: list[str] = []
@@ -703,7 +809,18 @@ class CgroupsCollector(BaseCollector):
                 oom = self._sample(t, rows, procs_cache)
             except _Gone:
                 self._discard(t, rows)
-                continue
+                if not os.path.isdir(t.dirs[_WALKED]):
+                    continue
+                # Made again under the same path (a restarted service): the held directory descriptors point
+                # at the removed cgroup. Track the new one afresh; all its OOM kills are news.
+                t = self._track(layout, t.workload, None)
+                self._tracked[t.workload.id] = t
+                try:
+                    self._refresh(t, v2, now)
+                    oom = self._sample(t, rows, procs_cache)
+                except _Gone:
+                    self._discard(t, rows)
+                    continue
             info.append((t.info, 1.0))
             if oom is not None:
                 rise = self._oom_rise(t, oom, first)
@@ -729,9 +846,13 @@ class CgroupsCollector(BaseCollector):
         families.extend(self._self_families(layout))
         return families
 
-    @staticmethod
-    def _discard(t: _Tracked, rows: list[list[Sample]]) -> None:
-        """Drop the samples already appended for a cgroup that vanished mid-read (they are at the tails)."""
+    def _discard(self, t: _Tracked, rows: list[list[Sample]]) -> None:
+        """
+        Forget a cgroup that vanished mid-read: drop its samples already appended (they are at the tails) and
+        its directory descriptors, so a cgroup made again under the same path is tracked afresh next cycle.
+        """
+        _close_dirs(t)
+        self._tracked.pop(t.workload.id, None)
         cgid = t.workload.id
         for samples in rows:
             while samples and samples[-1][0][0] == cgid:
@@ -786,12 +907,12 @@ class CgroupsCollector(BaseCollector):
             _Gone: the cgroup was removed during the reads.
         """
         st = _Scratch(t, rows)
-        absent: list[tuple[str, int]] = []
+        absent: list[tuple[int, str, str, int]] = []
         handlers = _HANDLERS
         for entry in t.plan:
-            path, what = entry
+            dir_fd, name, path, what = entry
             try:
-                data = read_file(path)
+                data = read_file_at(dir_fd, name, path)
             except OSError as exc:
                 self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
                 continue
@@ -831,7 +952,8 @@ class CgroupsCollector(BaseCollector):
             if n is None:
                 path = f"{d}/cgroup.procs"
                 try:
-                    data = read_file(path)
+                    # The cgroup's own directory has a held descriptor (its statistics files use it).
+                    data = read_file_at(t.dir_fds.get(d, -1), "cgroup.procs", path)
                 except OSError as exc:
                     self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
                     continue

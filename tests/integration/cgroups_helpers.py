@@ -162,8 +162,9 @@ class TestCgroups:
         """``spawn``, then wait until the process prints ``ready`` (its setup, such as allocating, is done)."""
         proc = self.spawn(rel, code)
         assert proc.stdout is not None
-        readable, _, _ = select.select([proc.stdout], [], [], timeout)
-        line = proc.stdout.readline() if readable else b""
+        poller = select.poll()  # not select(): the test process may hold more than FD_SETSIZE descriptors
+        poller.register(proc.stdout, select.POLLIN)
+        line = proc.stdout.readline() if poller.poll(timeout * 1000) else b""
         assert line == b"ready\n", f"process in {rel} did not get ready: {line!r} (exit {proc.poll()})"
         return proc
 
