@@ -300,36 +300,13 @@ def _info(w: Workload) -> LabelValues:
     )
 
 
-def read_file(
-    path: str,
-    _open: Callable[[str, int], int] = os.open,
-    _read: Callable[[int, int], bytes] = os.read,
-    _close: Callable[[int], None] = os.close,
-) -> bytes | None:
+def read_file(path: str) -> bytes | None:
     """
     One cgroup file's content with the fewest syscalls; ``None`` if it does not exist, if its cgroup was
     just removed (the kernel answers ENODEV for a file of a dead cgroup), or if the file cannot be read in
     this kind of cgroup (EOPNOTSUPP: ``cgroup.procs`` of a threaded cgroup such as libvirt's vCPUs).
-    The syscalls are bound as defaults: this runs ~15 times per cgroup per cycle.
     """
-    try:
-        fd = _open(path, _OPEN_FLAGS)
-    except FileNotFoundError:
-        return None
-    try:
-        data = _read(fd, _READ_SIZE)
-        if len(data) == _READ_SIZE:
-            chunks = [data]
-            while chunk := _read(fd, _READ_SIZE):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-        return data
-    except OSError as exc:
-        if exc.errno in _GONE_ERRNOS:
-            return None
-        raise
-    finally:
-        _close(fd)
+    return read_file_at(-1, "", path)
 
 
 def read_file_at(
@@ -340,7 +317,11 @@ def read_file_at(
     _read: Callable[[int, int], bytes] = os.read,
     _close: Callable[[int], None] = os.close,
 ) -> bytes | None:
-    """``read_file`` of ``name`` relative to the open directory ``dir_fd`` (``path`` when ``dir_fd`` < 0)."""
+    """
+    ``name`` in the open directory ``dir_fd`` (``path`` itself when ``dir_fd`` < 0), read with the fewest
+    syscalls; ``None`` as for ``read_file``. ``path`` names the file in errors. The syscalls are bound as
+    defaults: this runs ~15 times per cgroup per cycle.
+    """
     try:
         fd = _open(name, _OPEN_FLAGS, dir_fd=dir_fd) if dir_fd >= 0 else _open(path, _OPEN_FLAGS)
     except FileNotFoundError:

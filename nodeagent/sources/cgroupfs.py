@@ -122,13 +122,17 @@ def parse_proc_cgroup(text: str, controller: str) -> str | None:
 _INT_MIN, _INT_MAX = -(1 << 63), (1 << 64) - 1
 
 
-def _to_int(raw: bytes, source: str, key: bytes) -> int:
+def _to_int(raw: bytes, source: str, key: bytes | None) -> int:
+    """``raw`` as an integer in the range of a kernel value; errors name ``key`` (``None``: a one-value file)."""
     try:
         value = int(raw)
     except ValueError:
+        if key is None:
+            raise ParseError(f"{source}: expected one integer, got {raw[:40]!r}") from None
         raise ParseError(f"{source}: {key.decode('ascii', 'replace')} is not an integer: {raw[:40]!r}") from None
     if not _INT_MIN <= value <= _INT_MAX:
-        raise ParseError(f"{source}: {key.decode('ascii', 'replace')} is out of range: {raw[:40]!r}")
+        what = "integer" if key is None else key.decode("ascii", "replace")
+        raise ParseError(f"{source}: {what} is out of range: {raw[:40]!r}")
     return value
 
 
@@ -200,13 +204,7 @@ def parse_int(data: bytes, source: str) -> int:
     Raises:
         ParseError: the content is not one integer in the range of a kernel counter.
     """
-    try:
-        value = int(data)
-    except ValueError:
-        raise ParseError(f"{source}: expected one integer, got {data[:40]!r}") from None
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise ParseError(f"{source}: integer out of range, got {data[:40]!r}")
-    return value
+    return _to_int(data, source, None)
 
 
 def parse_limit(data: bytes, source: str) -> int | None:

@@ -42,6 +42,7 @@ from nodeagent.sources.cgroupfs import (
     parse_limit,
     parse_psi_totals,
 )
+from tests.hostile import mutated
 
 from .conftest import FIXTURES, Collect, by_name, make_ctx
 
@@ -821,33 +822,10 @@ V1_PARSED: dict[tuple[str, str], Callable[[bytes], Any]] = {
 }
 
 
-def _digit_runs(data: bytes) -> list[bytes]:
-    parts: list[bytes] = []
-    for i in range(len(data)):
-        c = data[i : i + 1]
-        if parts and parts[-1].isdigit() == c.isdigit():
-            parts[-1] += c
-        else:
-            parts.append(c)
-    return parts
-
-
 @st.composite
 def damaged(draw: st.DrawFn, valid: bytes) -> bytes:
-    """The valid content, or it truncated, with bytes replaced, numbers swapped for odd ones, or random bytes."""
-    how = draw(st.sampled_from(["keep", "keep", "arbitrary", "truncate", "replace", "numbers"]))
-    if how == "keep":
-        return valid
-    if how == "arbitrary":
-        return draw(st.binary(max_size=120))
-    if how == "truncate":
-        return valid[: draw(st.integers(0, max(len(valid) - 1, 0)))]
-    if how == "numbers":
-        token = draw(st.one_of(st.integers(-(10**25), 10**400).map(str), st.sampled_from(["max", "x", "-", ""])))
-        return b"".join(token.encode() if p.isdigit() else p for p in _digit_runs(valid))
-    pos = draw(st.integers(0, len(valid)))
-    chunk = draw(st.binary(min_size=1, max_size=3))
-    return valid[:pos] + chunk + valid[pos + len(chunk) :]
+    """The valid content (half the time, so single bad files show) or it damaged as ``tests.hostile.mutated``."""
+    return valid if draw(st.booleans()) else draw(mutated(valid))
 
 
 def _fails(parser: Callable[[bytes], Any], data: bytes) -> bool:
