@@ -310,16 +310,9 @@ class Recorded:
 
 
 def record_cycle(collector: CgroupsCollector) -> tuple[Recorded, list[MetricFamily]]:
-    """Run one cycle with ``cgroups.read_file``, ``read_file_at`` and ``os.scandir`` wrapped to record paths."""
+    """Run one cycle with ``cgroups.read_file_at`` and ``os.scandir`` wrapped to record the paths."""
     rec = Recorded([], [], [])
-    real_read, real_read_at, real_scandir = cgroups_module.read_file, cgroups_module.read_file_at, os.scandir
-
-    def read_file(path: str) -> bytes | None:
-        data = real_read(path)
-        rec.files.append(path)
-        if data is None:
-            rec.missing.append(path)
-        return data
+    real_read_at, real_scandir = cgroups_module.read_file_at, os.scandir
 
     def read_file_at(dir_fd: int, name: str, path: str) -> bytes | None:
         # The collector opens relative to held directory descriptors; the floor opens the same files by path.
@@ -333,13 +326,11 @@ def record_cycle(collector: CgroupsCollector) -> tuple[Recorded, list[MetricFami
         rec.dirs.append(path)
         return real_scandir(path)
 
-    cgroups_module.read_file = read_file
     cgroups_module.read_file_at = read_file_at
     os.scandir = scandir  # type: ignore[assignment]
     try:
         families = collector.collect_sync()
     finally:
-        cgroups_module.read_file = real_read
         cgroups_module.read_file_at = real_read_at
         os.scandir = real_scandir
     return rec, families
@@ -728,7 +719,7 @@ built with `HostPaths()` and `exclude: ^/(?!{PREFIX}<pid>\\.slice(?:/|$))`, so i
 parent; `spec_interval` is 1 h so no limits refresh lands in the measured cycles (the steady state the floor
 describes: limits are read when a cgroup is new, ¹ the first-cycle row).
 
-Per N: one first cycle (timed alone), {args.warmup} warm-up cycles, one cycle with `cgroups.read_file` and
+Per N: one first cycle (timed alone), {args.warmup} warm-up cycles, one cycle with `cgroups.read_file_at` and
 `os.scandir` wrapped to record the files it reads and the directories it lists, then {args.cycles} measured rounds,
 each timing in turn with `time.process_time()` (CPU of this single-threaded process, user + system):
 

@@ -9,17 +9,17 @@ container runtimes' metadata and stay empty until that source fills them.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from nodeagent.hostfs import HostPaths
+from nodeagent.hostfs import HostPaths, SourceReadError, read_text
 from nodeagent.sources.cgroupfs import CgroupLayout, NoCgroupsError, discover_layout, parse_proc_cgroup
 
 WorkloadKind = Literal["pod", "container", "service", "slurm_job", "vm", "other"]
-KINDS: tuple[WorkloadKind, ...] = ("pod", "container", "service", "slurm_job", "vm", "other")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,12 +100,8 @@ def classify(path: str) -> Workload | None:
             continue
         uid = m.group("uid") or (m.group("suid") or "").replace("_", "-")
         qos = "guaranteed"
-        for s in segs[:i]:
+        for s in segs[:i]:  # the QoS class is a parent: burstable, kubepods-besteffort.slice, ...
             q = _QOS_RE.search(s)
-            if q:
-                qos = q.group(1)
-        if "-" in seg and seg.endswith(".slice"):
-            q = _QOS_RE.search(seg.removesuffix(f"-pod{m.group('suid')}.slice"))
             if q:
                 qos = q.group(1)
         pod_id = "/" + "/".join(segs[: i + 1])
@@ -307,10 +303,13 @@ class WorkloadResolver:
         """
         layout = self.layout()
         try:
-            with open(self.paths.proc(str(pid), "cgroup"), "rb") as f:
-                text = f.read().decode("utf-8", "replace")
-        except (FileNotFoundError, ProcessLookupError):
+            text = read_text(self.paths.proc(str(pid), "cgroup"))
+        except FileNotFoundError:
             return None
+        except SourceReadError as exc:
+            if exc.errno == errno.ESRCH:  # exited between the open and the read
+                return None
+            raise
         return parse_proc_cgroup(text, layout.walk_controller)
 
     def resolve(self, pid: int) -> Workload | None:
@@ -319,4 +318,4 @@ class WorkloadResolver:
         return None if path is None else self.enclosing(path)
 
 
-__all__ = ["KINDS", "NoCgroupsError", "Workload", "WorkloadKind", "WorkloadResolver", "classify", "walk"]
+__all__ = ["NoCgroupsError", "Workload", "WorkloadKind", "WorkloadResolver", "classify", "walk"]

@@ -212,7 +212,6 @@ _V1_MEM_KEYS_HIER = FlatKeys(
     (b"total_rss", b"total_cache", b"total_swap", b"total_mapped_file", b"total_inactive_file")
 )
 _V1_MEM_KEYS_LOCAL = FlatKeys((b"rss", b"cache", b"swap", b"mapped_file", b"inactive_file"))
-_V1_MEM_KEYS = FlatKeys(_V1_MEM_KEYS_HIER + _V1_MEM_KEYS_LOCAL)
 _OOM_KEYS = FlatKeys((b"oom_kill",))
 
 # What each file of a cgroup's read plan holds (the plan is built when a cgroup is new or its spec is re-read).
@@ -300,15 +299,6 @@ def _info(w: Workload) -> LabelValues:
     )
 
 
-def read_file(path: str) -> bytes | None:
-    """
-    One cgroup file's content with the fewest syscalls; ``None`` if it does not exist, if its cgroup was
-    just removed (the kernel answers ENODEV for a file of a dead cgroup), or if the file cannot be read in
-    this kind of cgroup (EOPNOTSUPP: ``cgroup.procs`` of a threaded cgroup such as libvirt's vCPUs).
-    """
-    return read_file_at(-1, "", path)
-
-
 def read_file_at(
     dir_fd: int,
     name: str,
@@ -318,9 +308,11 @@ def read_file_at(
     _close: Callable[[int], None] = os.close,
 ) -> bytes | None:
     """
-    ``name`` in the open directory ``dir_fd`` (``path`` itself when ``dir_fd`` < 0), read with the fewest
-    syscalls; ``None`` as for ``read_file``. ``path`` names the file in errors. The syscalls are bound as
-    defaults: this runs ~15 times per cgroup per cycle.
+    One cgroup file, ``name`` in the open directory ``dir_fd`` (``path`` itself when ``dir_fd`` < 0), read
+    with the fewest syscalls; ``path`` names the file in errors. ``None`` if it does not exist, if its cgroup
+    was just removed (the kernel answers ENODEV for a file of a dead cgroup), or if the file cannot be read in
+    this kind of cgroup (EOPNOTSUPP: ``cgroup.procs`` of a threaded cgroup such as libvirt's vCPUs). The
+    syscalls are bound as defaults: this runs ~15 times per cgroup per cycle.
     """
     try:
         fd = _open(name, _OPEN_FLAGS, dir_fd=dir_fd) if dir_fd >= 0 else _open(path, _OPEN_FLAGS)
@@ -748,11 +740,12 @@ class CgroupsCollector(BaseCollector):
 
     def _file(self, t: _Tracked, hierarchy: str, name: str) -> bytes | None:
         d = t.dirs.get(hierarchy)
-        if d is None:
-            return None
-        path = f"{d}/{name}"
+        return None if d is None else self._read_or_count(-1, name, f"{d}/{name}")
+
+    def _read_or_count(self, dir_fd: int, name: str, path: str) -> bytes | None:
+        """``read_file_at``; a read error counts as reason="io" and gives ``None`` like an absent file."""
         try:
-            return read_file(path)
+            return read_file_at(dir_fd, name, path)
         except OSError as exc:
             self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
             return None
@@ -931,13 +924,8 @@ class CgroupsCollector(BaseCollector):
         for d in t.proc_dirs:
             n = cache.get(d)
             if n is None:
-                path = f"{d}/cgroup.procs"
-                try:
-                    # The cgroup's own directory has a held descriptor (its statistics files use it).
-                    data = read_file_at(t.dir_fds.get(d, -1), "cgroup.procs", path)
-                except OSError as exc:
-                    self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
-                    continue
+                # The cgroup's own directory has a held descriptor (its statistics files use it).
+                data = self._read_or_count(t.dir_fds.get(d, -1), "cgroup.procs", f"{d}/cgroup.procs")
                 if data is None:
                     continue
                 n = cache[d] = data.count(b"\n")

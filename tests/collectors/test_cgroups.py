@@ -811,7 +811,7 @@ V1_PARSED: dict[tuple[str, str], Callable[[bytes], Any]] = {
     ("cpu,cpuacct", "cpu.shares"): lambda d: parse_int(d, "x"),
     ("cpu,cpuacct", "cpu.stat"): lambda d: parse_flat_keyed(d, cgroups._V1_CPU_KEYS, "x"),
     ("memory", "memory.usage_in_bytes"): lambda d: parse_int(d, "x"),
-    ("memory", "memory.stat"): lambda d: parse_flat_keyed(d, cgroups._V1_MEM_KEYS, "x"),
+    ("memory", "memory.stat"): lambda d: parse_flat_keyed(d, cgroups._V1_MEM_KEYS_HIER, "x"),
     ("memory", "memory.max_usage_in_bytes"): lambda d: parse_int(d, "x"),
     ("memory", "memory.failcnt"): lambda d: parse_int(d, "x"),
     ("memory", "memory.limit_in_bytes"): lambda d: parse_limit(d, "x"),
