@@ -29,6 +29,7 @@ from nodeagent.exposition import (
 )
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily, counter, gauge
+from nodeagent.runtimes import build_metadata
 from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
 from nodeagent.workloads import WorkloadResolver
 
@@ -59,8 +60,9 @@ class Agent:
             name: CollectorState(name, cfg.collector_interval(name), cfg.collector_timeout(name)) for name in self.names
         }
         self.exposition = Exposition(self.names, self.self_families)
-        self.workloads = WorkloadResolver(self.paths)
         log = structlog.get_logger()
+        self.metadata = build_metadata(cfg.runtimes, cfg.kubelet, self.paths, log)
+        self.workloads = WorkloadResolver(self.paths, self.metadata)
         runners = []
         for name in self.names:
             clog = log.bind(**{"nodeagent.collector": name})
@@ -142,9 +144,11 @@ def build_app(agent: Agent) -> web.Application:
     app = web.Application()
 
     async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+        agent.metadata.start()
         agent.scheduler.start()
         yield
         await agent.scheduler.stop()
+        await agent.metadata.aclose()
 
     app.cleanup_ctx.append(lifecycle)
 

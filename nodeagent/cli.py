@@ -144,9 +144,12 @@ async def _once(cfg: AgentConfig, openmetrics: bool) -> bytes:
     for problem in agent.missing_roots():
         print(f"nodeagent: warning: {problem}", file=sys.stderr)
     try:
+        # Names for the cgroup metrics: list each runtime once (the daemon follows their event streams).
+        await agent.metadata.sync_once()
         await agent.scheduler.run_all_once()
     finally:
         await agent.scheduler.stop()
+        await agent.metadata.aclose()
     return agent.exposition.body(openmetrics, False)
 
 

@@ -88,6 +88,115 @@ class LogConfig(BaseModel):
         return value
 
 
+def _absolute_socket(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("expected an absolute path of a unix socket on the host (read under paths.rootfs)")
+    return value
+
+
+class RuntimeSocketConfig(BaseModel):
+    """One container runtime API endpoint: a unix socket on the host, read under ``paths.rootfs``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    socket: str = ""
+    timeout: Duration = 5.0
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, value: str) -> str:
+        return _absolute_socket(value)
+
+
+class ContainerdConfig(RuntimeSocketConfig):
+    """containerd's native API; ``namespaces`` limits the namespaces read (empty: every namespace)."""
+
+    socket: str = "/run/containerd/containerd.sock"
+    namespaces: tuple[str, ...] = ()
+
+
+class CriConfig(RuntimeSocketConfig):
+    """A CRI runtime (CRI-O by default; point it at containerd's socket to use CRI there instead)."""
+
+    socket: str = "/var/run/crio/crio.sock"
+
+
+class DockerConfig(RuntimeSocketConfig):
+    """The Docker Engine API."""
+
+    socket: str = "/var/run/docker.sock"
+
+
+class PodmanConfig(RuntimeSocketConfig):
+    """Podman's Docker-compatible API (rootful socket)."""
+
+    socket: str = "/run/podman/podman.sock"
+
+
+# Kubernetes label keys: an optional DNS-subdomain prefix and a name of alphanumerics, '-', '_' and '.'.
+_LABEL_KEY = re.compile(r"^(?:[a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+class RuntimesConfig(BaseModel):
+    """Container runtimes whose metadata names the cgroup metrics (``name``, ``image``, ``pod`` ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Earlier runtimes win when two know the same container (Docker's containers also appear in containerd).
+    docker: DockerConfig = DockerConfig()
+    podman: PodmanConfig = PodmanConfig()
+    cri: CriConfig = CriConfig()
+    containerd: ContainerdConfig = ContainerdConfig()
+    # Runtime/pod label keys copied onto nodeagent_container_info as container_label_<key> (fixed set, no union).
+    labels: tuple[str, ...] = ()
+    # How often a runtime without an event stream (CRI) is listed.
+    poll_interval: Duration = 10.0
+    # How often a runtime with an event stream is listed again anyway, to repair missed events.
+    resync_interval: Duration = 300.0
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        seen: dict[str, str] = {}
+        for key in value:
+            if not _LABEL_KEY.match(key):
+                raise ValueError(
+                    f"{key!r} is not a label key (letters, digits, '-', '_', '.', an optional 'prefix/'; "
+                    "no spaces or commas)"
+                )
+            sanitised = re.sub(r"[^a-zA-Z0-9_]", "_", key)
+            if sanitised in seen:
+                raise ValueError(f"{seen[sanitised]!r} and {key!r} both become container_label_{sanitised}")
+            seen[sanitised] = key
+        return value
+
+
+class PodResourcesConfig(BaseModel):
+    """The kubelet's PodResources API: which pod holds which device (GPU, MIG slice, time-sliced replica)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    timeout: Duration = 10.0
+    # The kubelet rate-limits this API (100 QPS, burst 10, shared by every client): never ask more often.
+    min_interval: Duration = 10.0
+
+    @field_validator("socket")
+    @classmethod
+    def _socket(cls, value: str) -> str:
+        return _absolute_socket(value)
+
+
+class KubeletConfig(BaseModel):
+    """What nodeagent reads from the kubelet."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    podresources: PodResourcesConfig = PodResourcesConfig()
+
+
 def _collectors_model() -> type[BaseModel]:
     fields: dict[str, Any] = {}
     for name, spec in COLLECTORS.items():
@@ -113,6 +222,8 @@ class AgentConfig(BaseModel):
     jitter: Duration = 1.0
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
+    runtimes: RuntimesConfig = RuntimesConfig()
+    kubelet: KubeletConfig = KubeletConfig()
     collectors: CollectorsConfig = Field(default_factory=CollectorsConfig)  # type: ignore[valid-type]
 
     @field_validator("listen")

@@ -16,6 +16,8 @@ from nodeagent.collector import CollectorContext, NoDataError
 from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig
 from nodeagent.hostfs import HostPaths, ParseError
+from nodeagent.runtimes import build_metadata
+from nodeagent.workloads import WorkloadResolver
 
 
 def hint_for(exc: BaseException, paths: HostPaths) -> str:
@@ -38,13 +40,23 @@ async def run_doctor(cfg: AgentConfig, out: TextIO) -> int:
     """Check each collector; returns 1 if an enabled collector fails, else 0."""
     paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs, cfg.paths.cgroupfs)
     log = structlog.get_logger()
+    metadata = build_metadata(cfg.runtimes, cfg.kubelet, paths, log)
+    resolver = WorkloadResolver(paths, metadata)
+    try:
+        return await _check_collectors(cfg, paths, resolver, out)
+    finally:
+        await metadata.aclose()
+
+
+async def _check_collectors(cfg: AgentConfig, paths: HostPaths, resolver: WorkloadResolver, out: TextIO) -> int:
+    log = structlog.get_logger()
     failed = False
     out.write(f"nodeagent doctor (pid {os.getpid()}, uid {os.geteuid()})\n")
     for name, spec in COLLECTORS.items():
         ccfg = cfg.collector(name)
         enabled = "" if ccfg.enabled else " [disabled]"
         try:
-            collector = spec.factory(CollectorContext(name, paths, log.bind(collector=name)), ccfg)
+            collector = spec.factory(CollectorContext(name, paths, log.bind(collector=name), resolver), ccfg)
         except Exception as exc:  # noqa: BLE001 - report every collector
             out.write(f"  FAIL    {name}{enabled}: cannot start: {exc}\n          hint: {hint_for(exc, paths)}\n")
             failed = failed or ccfg.enabled

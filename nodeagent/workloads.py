@@ -4,7 +4,7 @@ Docker, Podman or containerd, systemd service, Slurm job or step, libvirt/QEMU V
 
 The cgroup, network and GPU collectors all classify through ``WorkloadResolver``; none parses cgroup
 paths itself. Names and images (``name``, ``image``, ``container``, ``pod``, ``namespace``) come from the
-container runtimes' metadata and stay empty until that source fills them.
+container runtimes' metadata (``nodeagent.runtimes``) through ``WorkloadResolver.describe``.
 """
 
 from __future__ import annotations
@@ -13,11 +13,14 @@ import errno
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 from nodeagent.hostfs import HostPaths, SourceReadError, read_text
 from nodeagent.sources.cgroupfs import CgroupLayout, NoCgroupsError, discover_layout, parse_proc_cgroup
+
+if TYPE_CHECKING:
+    from nodeagent.runtimes import RuntimeMetadata
 
 WorkloadKind = Literal["pod", "container", "service", "slurm_job", "vm", "other"]
 
@@ -41,12 +44,16 @@ class Workload:
     slurm_uid: str = ""
     vm: str = ""
     parent: str = ""
-    # Filled from runtime metadata (containerd, CRI, Docker); empty when unknown.
+    # Filled from runtime metadata (containerd, CRI, Docker, Podman) by ``WorkloadResolver.describe``;
+    # empty while no runtime knows the container.
     name: str = ""
     image: str = ""
     container: str = ""
     pod: str = ""
     namespace: str = ""
+    image_id: str = ""
+    # Values of the allowlisted runtime/pod labels, in ``runtimes.labels`` order ("" where absent).
+    labels: tuple[str, ...] = ()
 
 
 # --- classification of one path segment in context -------------------------------------------------------
@@ -253,10 +260,13 @@ class WorkloadResolver:
 
     _CACHE_MAX = 16384
 
-    def __init__(self, paths: HostPaths) -> None:
+    def __init__(self, paths: HostPaths, metadata: RuntimeMetadata | None = None) -> None:
         self.paths = paths
+        self.metadata = metadata
         self._layout: CgroupLayout | None = None
         self._cache: dict[str, Workload | None] = {}
+        # cgroup id -> (metadata generation, the classified workload, the described one)
+        self._described: dict[str, tuple[int, Workload, Workload]] = {}
 
     def layout(self) -> CgroupLayout:
         """
@@ -278,6 +288,47 @@ class WorkloadResolver:
         if len(self._cache) >= self._CACHE_MAX:
             self._cache.clear()
         w = self._cache[path] = classify(path)
+        return w
+
+    def describe(self, w: Workload) -> Workload:
+        """
+        ``w`` with the names its container runtime gives it: ``name``, ``image``, ``container``, ``pod``,
+        ``namespace`` (kubelet's labels), ``image_id`` and the allowlisted labels. A pod's own cgroup gets
+        ``pod`` and ``namespace``. Cached until the runtime metadata changes; unchanged if no runtime knows it.
+        """
+        meta = self.metadata
+        if meta is None or not (w.container_id or w.pod_uid):
+            return w
+        generation = meta.index.generation
+        cached = self._described.get(w.id)
+        if cached is not None and cached[0] == generation and cached[1] is w:
+            return cached[2]
+        described = self._describe(meta, w)
+        if len(self._described) >= self._CACHE_MAX:
+            self._described.clear()
+        self._described[w.id] = (generation, w, described)
+        return described
+
+    @staticmethod
+    def _describe(meta: RuntimeMetadata, w: Workload) -> Workload:
+        record = meta.container(w.container_id) if w.container_id else None
+        if record is not None:
+            pod_name, pod_namespace = record.pod_name, record.pod_namespace
+            if not pod_name and w.pod_uid and (pod := meta.pod(w.pod_uid)) is not None:
+                pod_name, pod_namespace = pod.name, pod.namespace
+            return replace(
+                w,
+                runtime=w.runtime or record.runtime,
+                name=record.name,
+                image=record.image,
+                container=record.container_name,
+                pod=pod_name,
+                namespace=pod_namespace,
+                image_id=record.image_id,
+                labels=meta.label_values(record),
+            )
+        if w.pod_uid and (pod := meta.pod(w.pod_uid)) is not None:
+            return replace(w, pod=pod.name, namespace=pod.namespace)
         return w
 
     def enclosing(self, path: str) -> Workload:
@@ -313,9 +364,9 @@ class WorkloadResolver:
         return parse_proc_cgroup(text, layout.walk_controller)
 
     def resolve(self, pid: int) -> Workload | None:
-        """The workload ``pid`` runs in, or ``None`` if the process is gone."""
+        """The workload ``pid`` runs in, with its runtime names, or ``None`` if the process is gone."""
         path = self.cgroup_of(pid)
-        return None if path is None else self.enclosing(path)
+        return None if path is None else self.describe(self.enclosing(path))
 
 
 __all__ = ["NoCgroupsError", "Workload", "WorkloadKind", "WorkloadResolver", "classify", "walk"]

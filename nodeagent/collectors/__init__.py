@@ -20,6 +20,7 @@ from nodeagent.collectors import (
     meminfo,
     osrelease,
     pressure,
+    runtimes,
     selfstats,
     stat,
     textfile,
@@ -47,6 +48,7 @@ COLLECTORS: dict[str, CollectorSpec[Any]] = {
         filesystem.SPEC,
         textfile.SPEC,
         cgroups.SPEC,
+        runtimes.SPEC,
         selfstats.SPEC,
     )
 }

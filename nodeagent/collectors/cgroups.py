@@ -78,6 +78,7 @@ class CgroupsConfig(CollectorConfig):
 # --- families ----------------------------------------------------------------------------------------------
 
 BASE_LABELS: LabelValues = ("id", "name", "image", "container", "pod", "namespace")
+CONTAINER_INFO_LABELS: LabelValues = (*BASE_LABELS, "runtime", "container_id", "image_id")
 INFO_LABELS: LabelValues = (
     "id",
     "kind",
@@ -254,6 +255,8 @@ class _Tracked:
     labels: LabelValues
     cpu_labels: LabelValues
     info: LabelValues
+    # nodeagent_container_info's labels, for a container some runtime describes.
+    container_info: LabelValues | None
     # Directory of this cgroup in each hierarchy that exists on the host (controller -> dir).
     dirs: dict[str, str]
     # (directory fd, file name, path, what) for each file read every cycle; the first one's absence means
@@ -568,7 +571,8 @@ class CgroupsCollector(BaseCollector):
         result = walk(
             layout.walk_root, self._include, self._exclude, self._cfg.max_depth, classify=self._resolver.classify
         )
-        wanted = [w for w in result.workloads if w.kind in self._kinds or w.kind == "other"]
+        describe = self._resolver.describe
+        wanted = [describe(w) for w in result.workloads if w.kind in self._kinds or w.kind == "other"]
         self.discovered = len(wanted)
         limit = self._cfg.max_cgroups
         if len(wanted) > limit:
@@ -613,7 +617,8 @@ class CgroupsCollector(BaseCollector):
             dirs[controller] = os.path.join(hier, rel)
         dirs[_WALKED] = os.path.join(layout.walk_root, rel)
         labels = _labels(w)
-        t = _Tracked(w, labels, (*labels, "total"), _info(w), dirs)
+        container_info = (*labels, w.runtime, w.container_id, w.image_id, *w.labels) if w.name else None
+        t = _Tracked(w, labels, (*labels, "total"), _info(w), container_info, dirs)
         if old is not None:  # metadata changed (names filled in): keep the OOM baseline
             t.oom, t.new = old.oom, False
         return t
@@ -772,6 +777,7 @@ class CgroupsCollector(BaseCollector):
         spec_interval = self._cfg.spec_interval
         rows: list[list[Sample]] = [[] for _ in _DEFS]
         info: list[Sample] = []
+        container_info: list[Sample] = []
         procs_cache: dict[str, int] = {}
         rises: list[tuple[_Tracked, int, int]] = []
         for t in tracked:
@@ -796,6 +802,8 @@ class CgroupsCollector(BaseCollector):
                     self._discard(t, rows)
                     continue
             info.append((t.info, 1.0))
+            if t.container_info is not None:
+                container_info.append((t.container_info, 1.0))
             if oom is not None:
                 rise = self._oom_rise(t, oom, first)
                 if rise:
@@ -815,6 +823,18 @@ class CgroupsCollector(BaseCollector):
                     "What the cgroup path says about each workload cgroup nodeagent exports; join on id.",
                     INFO_LABELS,
                     tuple(info),
+                )
+            )
+        if container_info:
+            meta = self._resolver.metadata
+            families.append(
+                MetricFamily(
+                    "nodeagent_container_info",
+                    "info",
+                    "A container's runtime, ids and allowlisted labels (runtimes.labels), as its runtime reports them; "
+                    "join on id.",
+                    CONTAINER_INFO_LABELS + (meta.label_names if meta is not None else ()),
+                    tuple(container_info),
                 )
             )
         families.extend(self._self_families(layout))

@@ -1,0 +1,205 @@
+"""
+containerd's native gRPC API over its unix socket: containers of every namespace (``k8s.io``, ``moby``,
+``default``, ...) with labels, image and runtime, each image's manifest digest, and the event stream
+(container create/update/delete, task start/exit).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+from nodeagent.sources.grpc_unix import open_channel, rpc_errors, unavailable
+from nodeagent.sources.runtime_model import (
+    ContainerEvent,
+    ContainerRecord,
+    RuntimeUnavailable,
+    check_socket,
+    is_sandbox,
+    k8s_fields,
+)
+
+# gRPC metadata key that carries the namespace of a call (containerd's namespaces package).
+NAMESPACE_KEY = "containerd-namespace"
+# Topics the watcher subscribes to; filters in one Subscribe are OR-ed.
+EVENT_TOPICS = ("/containers/create", "/containers/update", "/containers/delete", "/tasks/start", "/tasks/exit")
+_IMAGE_CACHE_MAX = 4096
+
+
+def _timestamp(ts: Any) -> float:
+    return float(ts.seconds) + float(ts.nanos) / 1e9
+
+
+class ContainerdClient:
+    """
+    One connection to containerd. ``namespaces`` limits which namespaces are read (empty: all of them).
+    Every unary call has ``timeout`` seconds; failures raise ``RuntimeUnavailable``.
+    """
+
+    runtime = "containerd"
+
+    def __init__(self, socket: str, timeout: float = 5.0, namespaces: tuple[str, ...] = ()) -> None:
+        self.socket = socket
+        self.timeout = timeout
+        self.namespaces = namespaces
+        self._channel: Any = None
+        self._image_ids: dict[tuple[str, str], str] = {}
+
+    def _open(self) -> Any:
+        if self._channel is None:
+            check_socket(self.socket)
+            self._channel = open_channel(self.socket)
+        return self._channel
+
+    async def _call(self, method: str, request: Any, response_type: Any, namespace: str = "") -> Any:
+        channel = self._open()
+        fn = channel.unary_unary(
+            method, request_serializer=type(request).SerializeToString, response_deserializer=response_type.FromString
+        )
+        metadata = ((NAMESPACE_KEY, namespace),) if namespace else None
+        try:
+            return await fn(request, timeout=self.timeout, metadata=metadata)
+        except rpc_errors() as exc:
+            raise unavailable(exc, method.rsplit("/", 1)[-1], self.socket) from exc
+
+    async def list_namespaces(self) -> list[str]:
+        """The namespaces to read: the configured ones, or every namespace containerd has."""
+        if self.namespaces:
+            return list(self.namespaces)
+        from nodeagent.sources.proto import containerd_namespaces_pb2 as ns_pb
+
+        resp = await self._call(
+            "/containerd.services.namespaces.v1.Namespaces/List",
+            ns_pb.ListNamespacesRequest(),
+            ns_pb.ListNamespacesResponse,
+        )
+        return [n.name for n in resp.namespaces]
+
+    async def list(self) -> list[ContainerRecord]:
+        """Every container of every namespace read, with its image's manifest digest."""
+        from nodeagent.sources.proto import containerd_containers_pb2 as c_pb
+
+        records: list[ContainerRecord] = []
+        for ns in await self.list_namespaces():
+            resp = await self._call(
+                "/containerd.services.containers.v1.Containers/List",
+                c_pb.ListContainersRequest(),
+                c_pb.ListContainersResponse,
+                ns,
+            )
+            for c in resp.containers:
+                records.append(await self._record(ns, c))
+        return records
+
+    async def get(self, namespace: str, container_id: str) -> ContainerRecord | None:
+        """One container, or ``None`` if it no longer exists."""
+        import grpc
+
+        from nodeagent.sources.proto import containerd_containers_pb2 as c_pb
+
+        try:
+            resp = await self._call(
+                "/containerd.services.containers.v1.Containers/Get",
+                c_pb.GetContainerRequest(id=container_id),
+                c_pb.GetContainerResponse,
+                namespace,
+            )
+        except RuntimeUnavailable as exc:
+            cause = exc.__cause__
+            if isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        return await self._record(namespace, resp.container)
+
+    async def _record(self, namespace: str, c: Any) -> ContainerRecord:
+        labels = dict(c.labels)
+        return ContainerRecord(
+            id=c.id,
+            runtime=self.runtime,
+            # cAdvisor's containerd handler names a container by its id.
+            name=c.id,
+            image=c.image,
+            image_id=await self._image_id(namespace, c.image) if c.image else "",
+            runtime_namespace=namespace,
+            runtime_handler=c.runtime.name,
+            labels=labels,
+            sandbox=is_sandbox(labels),
+            **k8s_fields(labels),
+        )
+
+    async def _image_id(self, namespace: str, image: str) -> str:
+        """The image's manifest digest (``sha256:...``), cached; ``""`` if containerd no longer has the image."""
+        key = (namespace, image)
+        cached = self._image_ids.get(key)
+        if cached is not None:
+            return cached
+        from nodeagent.sources.proto import containerd_images_pb2 as i_pb
+
+        try:
+            resp = await self._call(
+                "/containerd.services.images.v1.Images/Get",
+                i_pb.GetImageRequest(name=image),
+                i_pb.GetImageResponse,
+                namespace,
+            )
+            digest = str(resp.image.target.digest)
+        except RuntimeUnavailable as exc:
+            if "NOT_FOUND" not in exc.reason:
+                raise
+            digest = ""  # the image was removed after the container was created; not worth a retry per cycle
+        if len(self._image_ids) >= _IMAGE_CACHE_MAX:
+            self._image_ids.clear()
+        self._image_ids[key] = digest
+        return digest
+
+    def events(self) -> AsyncIterator[ContainerEvent]:
+        """containerd's event stream, decoded into container events."""
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[ContainerEvent]:
+        from nodeagent.sources.proto import containerd_event_types_pb2 as ev_pb
+        from nodeagent.sources.proto import containerd_events_pb2 as env_pb
+
+        channel = self._open()
+        subscribe = channel.unary_stream(
+            "/containerd.services.events.v1.Events/Subscribe",
+            request_serializer=env_pb.SubscribeRequest.SerializeToString,
+            response_deserializer=env_pb.Envelope.FromString,
+        )
+        call = subscribe(env_pb.SubscribeRequest(filters=[f'topic=="{t}"' for t in EVENT_TOPICS]))
+        try:
+            async for env in call:
+                when = _timestamp(env.timestamp)
+                ns, topic, payload = env.namespace, env.topic, env.event.value
+                if self.namespaces and ns not in self.namespaces:
+                    continue
+                if topic in ("/containers/create", "/containers/update"):
+                    cid = ev_pb.ContainerCreate.FromString(payload).id
+                    yield ContainerEvent("create", cid, await self.get(ns, cid), when)
+                elif topic == "/containers/delete":
+                    yield ContainerEvent("delete", ev_pb.ContainerDelete.FromString(payload).id, None, when)
+                elif topic == "/tasks/start":
+                    start = ev_pb.TaskStart.FromString(payload)
+                    yield ContainerEvent("start", start.container_id, None, when, pid=start.pid)
+                elif topic == "/tasks/exit":
+                    ex = ev_pb.TaskExit.FromString(payload)
+                    if ex.id and ex.id != ex.container_id:
+                        continue  # an exec'd process ended, not the container
+                    yield ContainerEvent(
+                        "stop",
+                        ex.container_id,
+                        None,
+                        _timestamp(ex.exited_at) if ex.HasField("exited_at") else when,
+                        pid=ex.pid,
+                        exit_code=ex.exit_status,
+                    )
+        except rpc_errors() as exc:
+            raise unavailable(exc, "Subscribe", self.socket) from exc
+        finally:
+            call.cancel()
+
+    async def aclose(self) -> None:
+        """Close the channel."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            await channel.close()
