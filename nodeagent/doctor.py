@@ -43,7 +43,17 @@ async def run_doctor(cfg: AgentConfig, out: TextIO) -> int:
     metadata = build_metadata(cfg.runtimes, cfg.kubelet, paths, log)
     resolver = WorkloadResolver(paths, metadata)
     try:
-        return await _check_collectors(cfg, paths, resolver, out)
+        await metadata.sync_once()  # names for the cgroups check, and each socket's state for the list below
+        failed = await _check_collectors(cfg, paths, resolver, out)
+        statuses = list(metadata.statuses.values())
+        if metadata.devices is not None:
+            await metadata.devices.allocations()
+            statuses.append(metadata.devices.status)
+        out.write("runtime and kubelet sockets (runtimes.*, kubelet.podresources.*):\n")
+        for s in statuses:
+            state = f"up, {s.containers} {'devices' if s.runtime.startswith('kubelet') else 'containers'}"
+            out.write(f"  {s.runtime:<21} {state if s.state == 'up' else s.state + ': ' + s.reason}\n")
+        return failed
     finally:
         await metadata.aclose()
 

@@ -110,6 +110,7 @@ class RuntimeMetadata:
         self._missed: dict[str, float] = {}
         self._last_miss_relist: dict[str, float] = {}
         self._reindex_scheduled = False
+        self.synced = False  # sync_once ran
         # The kubelet's device assignments, when configured (the GPU collector attributes devices with it).
         self.devices: PodDeviceCache | None = None
 
@@ -152,6 +153,7 @@ class RuntimeMetadata:
             self._replace(client.runtime, records)
             self._set_up(client)
         self._reindex()
+        self.synced = True
 
     # --- lookups (any thread) ------------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ import asyncio
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -239,3 +241,22 @@ def test_socket_checks_name_missing_and_not_a_socket(sockdir: Path) -> None:
     (sockdir / "file").write_text("")
     with pytest.raises(RuntimeUnavailable, match="is not a unix socket"):
         check_socket(str(sockdir / "file"))
+
+
+def test_agent_without_runtime_sockets_never_loads_grpc_or_protobuf(sockdir: Path) -> None:
+    """grpcio costs ~18 MiB of memory: a host without containerd, CRI or kubelet sockets must not pay it."""
+    code = (
+        "import asyncio, sys\n"
+        "from nodeagent.config import AgentConfig\n"
+        "from nodeagent.agent import Agent\n"
+        f"cfg = AgentConfig.model_validate({{'paths': {{'rootfs': {str(sockdir)!r}}}}})\n"
+        "agent = Agent(cfg)\n"
+        "async def main():\n"
+        "    agent.metadata.start()\n"
+        "    await asyncio.sleep(0.3)\n"
+        "    await agent.metadata.aclose()\n"
+        "asyncio.run(main())\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('grpc', 'google')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout

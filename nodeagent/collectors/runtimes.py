@@ -31,7 +31,7 @@ class RuntimesCollector(BaseCollector):
     async def collect(self) -> Sequence[MetricFamily]:
         """Report each runtime's state and the kubelet's device assignments."""
         meta = self._meta
-        if not meta.running:
+        if not meta.running and not meta.synced:
             await meta.sync_once()  # `nodeagent doctor` and `once`: nothing is watching, so ask once
         statuses: list[RuntimeStatus] = list(meta.statuses.values())
         devices = meta.devices

@@ -44,6 +44,7 @@ class ContainerdClient:
         self.namespaces = namespaces
         self._channel: Any = None
         self._image_ids: dict[tuple[str, str], str] = {}
+        self.undecodable = 0  # event payloads skipped because they did not decode
 
     def _open(self) -> Any:
         if self._channel is None:
@@ -77,6 +78,7 @@ class ContainerdClient:
 
     async def list(self) -> list[ContainerRecord]:
         """Every container of every namespace read, with its image's manifest digest."""
+        self._open()
         from nodeagent.sources.proto import containerd_containers_pb2 as c_pb
 
         records: list[ContainerRecord] = []
@@ -157,10 +159,12 @@ class ContainerdClient:
         return self._events()
 
     async def _events(self) -> AsyncIterator[ContainerEvent]:
+        channel = self._open()  # before the imports: a missing socket must not cost the protobuf modules
+        from google.protobuf.message import DecodeError
+
         from nodeagent.sources.proto import containerd_event_types_pb2 as ev_pb
         from nodeagent.sources.proto import containerd_events_pb2 as env_pb
 
-        channel = self._open()
         subscribe = channel.unary_stream(
             "/containerd.services.events.v1.Events/Subscribe",
             request_serializer=env_pb.SubscribeRequest.SerializeToString,
@@ -169,34 +173,43 @@ class ContainerdClient:
         call = subscribe(env_pb.SubscribeRequest(filters=[f'topic=="{t}"' for t in EVENT_TOPICS]))
         try:
             async for env in call:
-                when = _timestamp(env.timestamp)
-                ns, topic, payload = env.namespace, env.topic, env.event.value
-                if self.namespaces and ns not in self.namespaces:
+                if self.namespaces and env.namespace not in self.namespaces:
                     continue
-                if topic in ("/containers/create", "/containers/update"):
-                    cid = ev_pb.ContainerCreate.FromString(payload).id
-                    yield ContainerEvent("create", cid, await self.get(ns, cid), when)
-                elif topic == "/containers/delete":
-                    yield ContainerEvent("delete", ev_pb.ContainerDelete.FromString(payload).id, None, when)
-                elif topic == "/tasks/start":
-                    start = ev_pb.TaskStart.FromString(payload)
-                    yield ContainerEvent("start", start.container_id, None, when, pid=start.pid)
-                elif topic == "/tasks/exit":
-                    ex = ev_pb.TaskExit.FromString(payload)
-                    if ex.id and ex.id != ex.container_id:
-                        continue  # an exec'd process ended, not the container
-                    yield ContainerEvent(
-                        "stop",
-                        ex.container_id,
-                        None,
-                        _timestamp(ex.exited_at) if ex.HasField("exited_at") else when,
-                        pid=ex.pid,
-                        exit_code=ex.exit_status,
-                    )
+                try:
+                    event = await self._decode(env, ev_pb)
+                except DecodeError:
+                    self.undecodable += 1  # a payload not in the documented format: skip it, keep the stream
+                    continue
+                if event is not None:
+                    yield event
         except rpc_errors() as exc:
             raise unavailable(exc, "Subscribe", self.socket) from exc
         finally:
             call.cancel()
+
+    async def _decode(self, env: Any, ev_pb: Any) -> ContainerEvent | None:
+        """One envelope as a container event; ``None`` for an exec'd process's exit.
+
+        Raises:
+            DecodeError: the payload does not decode as its topic's message.
+        """
+        when = _timestamp(env.timestamp)
+        topic, payload = env.topic, env.event.value
+        if topic in ("/containers/create", "/containers/update"):
+            cid = ev_pb.ContainerCreate.FromString(payload).id
+            return ContainerEvent("create", cid, await self.get(env.namespace, cid), when)
+        if topic == "/containers/delete":
+            return ContainerEvent("delete", ev_pb.ContainerDelete.FromString(payload).id, None, when)
+        if topic == "/tasks/start":
+            start = ev_pb.TaskStart.FromString(payload)
+            return ContainerEvent("start", start.container_id, None, when, pid=start.pid)
+        if topic == "/tasks/exit":
+            ex = ev_pb.TaskExit.FromString(payload)
+            if ex.id and ex.id != ex.container_id:
+                return None  # an exec'd process ended, not the container
+            exited = _timestamp(ex.exited_at) if ex.HasField("exited_at") else when
+            return ContainerEvent("stop", ex.container_id, None, exited, pid=ex.pid, exit_code=ex.exit_status)
+        return None
 
     async def aclose(self) -> None:
         """Close the channel."""

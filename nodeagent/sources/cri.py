@@ -29,11 +29,14 @@ class CriClient:
         self.runtime_name = ""
         self._channel: Any = None
 
-    async def _call(self, method: str, request: Any, response_type: Any) -> Any:
+    def _open(self) -> Any:
         if self._channel is None:
             check_socket(self.socket)
             self._channel = open_channel(self.socket)
-        fn = self._channel.unary_unary(
+        return self._channel
+
+    async def _call(self, method: str, request: Any, response_type: Any) -> Any:
+        fn = self._open().unary_unary(
             _SERVICE + method,
             request_serializer=type(request).SerializeToString,
             response_deserializer=response_type.FromString,
@@ -45,6 +48,7 @@ class CriClient:
 
     async def list(self) -> list[ContainerRecord]:
         """Every pod sandbox and container the runtime knows (sandboxes as records with ``sandbox=True``)."""
+        self._open()
         from nodeagent.sources.proto import cri_runtime_v1_pb2 as cri
 
         if not self.runtime_name:

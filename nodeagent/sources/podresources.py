@@ -98,11 +98,11 @@ class PodResourcesClient:
             RuntimeUnavailable: socket missing or refused, the call failed (``RESOURCE_EXHAUSTED`` when the
                 kubelet's rate limit rejected it) or timed out.
         """
-        from nodeagent.sources.proto import podresources_v1_pb2 as pr
-
         if self._channel is None:
             check_socket(self.socket)
             self._channel = open_channel(self.socket)
+        from nodeagent.sources.proto import podresources_v1_pb2 as pr
+
         fn = self._channel.unary_unary(
             LIST_METHOD,
             request_serializer=pr.ListPodResourcesRequest.SerializeToString,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -291,3 +293,39 @@ def test_kubernetes_mixin_container_filters_find_the_pod(ctrd: Containerd, tmp_p
             rss = series("namespace_workload_pod:container_memory_rss:by_container")
             assert [(m["pod"], m["container"]) for m in rss] == [("web-0", "nginx")]
     assert os.path.isdir(f"{MEMORY}{parent}")
+
+
+def test_doctor_names_each_socket_state(ctrd: Containerd, tmp_path: Path) -> None:
+    """`nodeagent doctor` lists containerd as up with its containers, and says why a missing socket has no data."""
+    pod_uid = str(uuid.uuid4())
+    ctrd.run_container(
+        "k8s.io",
+        secrets.token_hex(32),
+        BUSYBOX_REF,
+        f"/kubepods/besteffort/pod{pod_uid}",
+        kubelet_labels(pod_uid, "nginx"),
+    )
+    cfg = config(tmp_path, ctrd)
+    up = subprocess.run(
+        [sys.executable, "-m", "nodeagent", "doctor", "--config", str(cfg)], capture_output=True, text=True, timeout=60
+    )
+    assert "  containerd            up, 1 containers\n" in up.stdout, up.stdout
+    assert "  OK      runtimes:" in up.stdout
+    gone = str(tmp_path / "absent.sock")
+    down = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nodeagent",
+            "doctor",
+            "--config",
+            str(cfg),
+            "--set",
+            f"runtimes.containerd.socket={gone}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert f"  containerd            missing: socket {gone} does not exist\n" in down.stdout, down.stdout
+    assert "NODATA  runtimes: no container runtime or kubelet socket answers (" in down.stdout
