@@ -92,6 +92,19 @@ def test_timeout_defaults_to_at_most_the_interval() -> None:
             "log:\n  level: loud\n",
             "log.level: invalid value 'loud': expected one of debug, info, warning, error",
         ),
+        (
+            "runtimes:\n  labels: ['app, team']\n",
+            "runtimes.labels: invalid value ['app, team']: 'app, team' is not a label key (letters, digits",
+        ),
+        (
+            "runtimes:\n  labels: [app.name, app_name]\n",
+            "'app.name' and 'app_name' both become container_label_app_name",
+        ),
+        (
+            "runtimes:\n  containerd:\n    socket: run/containerd.sock\n",
+            "runtimes.containerd.socket: invalid value 'run/containerd.sock': expected an absolute path of a unix",
+        ),
+        ("runtimes:\n  crio: {}\n", "runtimes.crio: unknown key; valid keys here: docker, podman, cri, containerd"),
         ("- a\n- b\n", "expected a mapping of keys at the top, got list"),
         ("interval: [1\n", "invalid YAML at line 2, column 1"),
     ],

@@ -260,3 +260,21 @@ def test_agent_without_runtime_sockets_never_loads_grpc_or_protobuf(sockdir: Pat
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"not json\n", b"[1, 2]\n", b'{"Type": "network", "Action": "connect", "Actor": {"ID": "n1"}}\n',
+     b'{"Type": "container", "Action": "exec_start: sh", "Actor": {"ID": "c1"}}\n',
+     b'{"Type": "container", "Action": "start", "Actor": {}}\n'],
+)
+async def test_docker_event_lines_that_are_not_container_changes_are_skipped(line: bytes) -> None:
+    assert await DockerClient("/nonexistent.sock")._event(line) is None
+
+
+async def test_docker_die_with_a_bad_exit_code_still_counts_as_a_stop() -> None:
+    line = b'{"Type": "container", "Action": "die", "Actor": {"ID": "c1", "Attributes": {"exitCode": "oops"}},' \
+           b' "time": 1700000000}\n'
+    event = await DockerClient("/nonexistent.sock")._event(line)
+    assert event is not None and (event.action, event.container_id, event.exit_code, event.time) == (
+        "stop", "c1", None, 1700000000.0)

@@ -6,15 +6,18 @@ polls ``list``.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from nodeagent.sources.grpc_unix import open_channel, rpc_errors, unavailable
-from nodeagent.sources.runtime_model import ContainerRecord, check_socket, k8s_fields
+from nodeagent.sources.runtime_model import ContainerRecord, RuntimeUnavailable, check_socket, k8s_fields
 
 _SERVICE = "/runtime.v1.RuntimeService/"
 # runtime.v1 enums: PodSandboxState SANDBOX_READY = 0; ContainerState CONTAINER_RUNNING = 1.
 SANDBOX_READY = 0
 CONTAINER_RUNNING = 1
+# An image id rather than a name: what a kubelet puts in CreateContainer's ImageSpec, and containerd echoes back.
+_IMAGE_ID = re.compile(r"^(?:sha256:)?[0-9a-f]{64}$")
 
 
 class CriClient:
@@ -28,6 +31,8 @@ class CriClient:
         self.timeout = timeout
         self.runtime_name = ""
         self._channel: Any = None
+        # Container id -> image name, for containers that ListContainers names by image id (asked once each).
+        self._image_names: dict[str, str] = {}
 
     def _open(self) -> Any:
         if self._channel is None:
@@ -58,6 +63,7 @@ class CriClient:
         containers = await self._call("ListContainers", cri.ListContainersRequest(), cri.ListContainersResponse)
         records: list[ContainerRecord] = []
         pods: dict[str, Any] = {}
+        self._image_names = {c.id: n for c in containers.containers if (n := self._image_names.get(c.id))}
         for sb in sandboxes.items:
             md = sb.metadata
             pods[sb.id] = md
@@ -90,7 +96,7 @@ class CriClient:
                     runtime=self.runtime_name,
                     # cAdvisor names CRI-O and containerd containers by id too.
                     name=c.id,
-                    image=c.image.image,
+                    image=await self._image_name(c),
                     image_id=c.image_ref,
                     labels=labels,
                     running=c.state == CONTAINER_RUNNING,
@@ -98,6 +104,29 @@ class CriClient:
                 )
             )
         return records
+
+    async def _image_name(self, c: Any) -> str:
+        """
+        The name of a container's image. ListContainers returns the ImageSpec that CreateContainer was given, and
+        the kubelet gives the image id (``sha256:...``) there; then ``user_specified_image`` (cri-api 0.28+), else
+        ContainerStatus, which names the image by its tag (asked once per container; the id if it has no tag).
+        """
+        image = str(c.image.image)
+        if not _IMAGE_ID.match(image):
+            return image
+        if c.image.user_specified_image:
+            return str(c.image.user_specified_image)
+        name = self._image_names.get(c.id)
+        if name is None:
+            from nodeagent.sources.proto import cri_runtime_v1_pb2 as cri
+
+            request = cri.ContainerStatusRequest(container_id=c.id)
+            try:
+                status = await self._call("ContainerStatus", request, cri.ContainerStatusResponse)
+            except RuntimeUnavailable:
+                return image  # removed since the list, or the runtime went away (the next list says which)
+            name = self._image_names[c.id] = status.status.image.image or image
+        return name
 
     def events(self) -> None:
         """No event stream: the store polls ``list``."""

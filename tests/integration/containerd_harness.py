@@ -466,6 +466,9 @@ disabled_plugins = [
     sandbox_image = {q(PAUSE_REF)}
     disable_cgroup = false
     disable_apparmor = true
+    # The CRI plugin gives a sandbox oom_score_adj -998; lowering it needs CAP_SYS_RESOURCE, which a containerised
+    # runner (root with Docker's default capabilities) lacks, and runc's init then dies. Keep the adj >= ours.
+    restrict_oom_score_adj = true
     enable_selinux = false
     systemd_cgroup = false
     netns_mounts_under_state_dir = true
