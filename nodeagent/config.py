@@ -88,14 +88,8 @@ class LogConfig(BaseModel):
         return value
 
 
-def _absolute_socket(value: str) -> str:
-    if not value.startswith("/"):
-        raise ValueError("expected an absolute path of a unix socket on the host (read under paths.rootfs)")
-    return value
-
-
 class RuntimeSocketConfig(BaseModel):
-    """One container runtime API endpoint: a unix socket on the host, read under ``paths.rootfs``."""
+    """One API endpoint (a container runtime, the kubelet): a unix socket on the host, read under ``paths.rootfs``."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -106,7 +100,9 @@ class RuntimeSocketConfig(BaseModel):
     @field_validator("socket")
     @classmethod
     def _socket(cls, value: str) -> str:
-        return _absolute_socket(value)
+        if not value.startswith("/"):
+            raise ValueError("expected an absolute path of a unix socket on the host (read under paths.rootfs)")
+        return value
 
 
 class ContainerdConfig(RuntimeSocketConfig):
@@ -172,21 +168,13 @@ class RuntimesConfig(BaseModel):
         return value
 
 
-class PodResourcesConfig(BaseModel):
+class PodResourcesConfig(RuntimeSocketConfig):
     """The kubelet's PodResources API: which pod holds which device (GPU, MIG slice, time-sliced replica)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    enabled: bool = True
     socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
     timeout: Duration = 10.0
     # The kubelet rate-limits this API (100 QPS, burst 10, shared by every client): never ask more often.
     min_interval: Duration = 10.0
-
-    @field_validator("socket")
-    @classmethod
-    def _socket(cls, value: str) -> str:
-        return _absolute_socket(value)
 
 
 class KubeletConfig(BaseModel):

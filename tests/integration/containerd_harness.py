@@ -217,6 +217,20 @@ def build_busybox_image(workdir: str | os.PathLike[str]) -> Path:
     return tarball
 
 
+MEMORY_V1 = "/sys/fs/cgroup/memory"
+
+
+def prerequisites_and_image() -> Path:
+    """
+    The busybox/pause archive of ``session_image``, after checking what the containerd tests need: root, the
+    tools of ``require_tools`` and the v1 memory hierarchy their cgroup assertions read (fails under CI).
+    """
+    require_tools()
+    if MEMORY_V1 not in cgroup_mounts():
+        missing(f"the cgroup v1 memory hierarchy at {MEMORY_V1} (a v1 or hybrid host)")
+    return session_image()
+
+
 @functools.cache
 def session_image() -> Path:
     """The image archive of ``build_busybox_image``, built once per test process in a temporary directory."""

@@ -17,29 +17,24 @@ from tests.integration.containerd_harness import (
     BUSYBOX_REF,
     CRI_PLUGIN,
     IMAGE_REFS,
+    MEMORY_V1,
     PAUSE_REF,
     Containerd,
     alive,
-    cgroup_mounts,
     mounts_under,
+    prerequisites_and_image,
     proc_cgroup,
-    require_tools,
-    session_image,
 )
-from tests.prereq import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
-MEMORY = "/sys/fs/cgroup/memory"
+MEMORY = MEMORY_V1
 
 
 @pytest.fixture
 def image() -> Path:
     """The busybox/pause OCI archive (built once per test process); root, tools and a v1 memory tree required."""
-    require_tools()
-    if MEMORY not in cgroup_mounts():
-        missing(f"the cgroup v1 memory hierarchy at {MEMORY} (a v1 or hybrid host)")
-    return session_image()
+    return prerequisites_and_image()
 
 
 def pod_labels(pod_uid: str, container: str = "nginx") -> dict[str, str]:

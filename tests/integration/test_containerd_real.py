@@ -25,27 +25,22 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.integration.agent_proc import AgentProcess, http_get, run_agent, wait_until
 from tests.integration.containerd_harness import (
     BUSYBOX_REF,
+    MEMORY_V1,
     PAUSE_REF,
     Containerd,
-    cgroup_mounts,
-    require_tools,
-    session_image,
+    prerequisites_and_image,
 )
 from tests.integration.peers import run_prometheus, scrape_config, wait_for_scrapes
-from tests.prereq import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
-MEMORY = "/sys/fs/cgroup/memory"
+MEMORY = MEMORY_V1
 BASE = ("id", "name", "image", "container", "pod", "namespace")
 
 
 @pytest.fixture
 def image() -> Path:
-    require_tools()
-    if MEMORY not in cgroup_mounts():
-        missing(f"the cgroup v1 memory hierarchy at {MEMORY} (a v1 or hybrid host)")
-    return session_image()
+    return prerequisites_and_image()
 
 
 @pytest.fixture

@@ -35,19 +35,17 @@ from nodeagent.workloads import classify
 from tests.integration.containerd_harness import (
     BUSYBOX_REF,
     CRI_PLUGIN,
+    MEMORY_V1,
     PAUSE_REF,
     Containerd,
     alive,
-    cgroup_mounts,
+    prerequisites_and_image,
     proc_cgroup,
-    require_tools,
-    session_image,
 )
-from tests.prereq import missing
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
-MEMORY = "/sys/fs/cgroup/memory"
+MEMORY = MEMORY_V1
 K8S_NS = "k8s.io"  # the containerd namespace of the CRI plugin
 CALL_TIMEOUT = 30.0
 POD_NAME, POD_NAMESPACE, CONTAINER = "web-0", "shop", "nginx"
@@ -251,10 +249,7 @@ def pod(tmp_path: Path) -> Iterator[Pod]:
     StopPodSandbox and RemovePodSandbox (also when the test failed), then the harness's close(), which kills
     and removes whatever is left and fails the test if something survives.
     """
-    require_tools()
-    if MEMORY not in cgroup_mounts():
-        missing(f"the cgroup v1 memory hierarchy at {MEMORY} (a v1 or hybrid host)")
-    image = session_image()
+    image = prerequisites_and_image()
     manifest_digest, config_digest = archive_digests(image, BUSYBOX_REF)
     uid = str(uuid.uuid4())
     cgroup_parent = f"/kubepods/burstable/pod{uid}"
