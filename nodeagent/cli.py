@@ -68,13 +68,27 @@ def _parser() -> argparse.ArgumentParser:
         f"for NAME in {', '.join(COLLECTORS)}.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", parents=[common], help="run the daemon and serve /metrics")
-    once = sub.add_parser("once", parents=[common], help="one cycle of every enabled collector to stdout")
+    # A fixed usage line: argparse (3.11) asserts when it wraps a long one with mutually exclusive groups, as the
+    # one generated from every --collector.NAME switch is.
+    def usage(command: str) -> str:
+        return f"nodeagent {command} [options] (--help lists them)"
+
+    sub.add_parser("run", parents=[common], usage=usage("run"), help="run the daemon and serve /metrics")
+    once = sub.add_parser(
+        "once", parents=[common], usage=usage("once"), help="one cycle of every enabled collector to stdout"
+    )
     once.add_argument("--format", choices=["text", "openmetrics"], default="text")
-    sub.add_parser("doctor", parents=[common], help="check each collector on this host and explain what fails")
+    sub.add_parser(
+        "doctor",
+        parents=[common],
+        usage=usage("doctor"),
+        help="check each collector on this host and explain what fails",
+    )
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", parents=[common], help="validate a configuration file")
+    check = config_sub.add_parser(
+        "check", parents=[common], usage=usage("config check") + " FILE", help="validate a configuration file"
+    )
     check.add_argument("file", metavar="FILE")
     sub.add_parser("version", help="print the version")
     return parser

@@ -131,3 +131,12 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
     proc = nodeagent("doctor", "--path.procfs", str(tmp_path))
 
     assert f"FAIL    loadavg: [Errno 21] cannot read {tmp_path}/loadavg: Is a directory" in proc.stdout
+
+
+def test_every_command_prints_its_help() -> None:
+    """--help works for every command (argparse 3.11 used to assert while wrapping the long usage line)."""
+    for command in (["run"], ["once"], ["doctor"], ["config", "check"], ["version"]):
+        proc = subprocess.run([sys.executable, "-m", "nodeagent", *command, "--help"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, (command, proc.stderr)
+        assert "--help" in proc.stdout
