@@ -48,7 +48,6 @@ GRAFANA_VARS = {"cluster": CLUSTER, "__rate_interval": "1m", "__interval": "15s"
 # still be a real gap: once nodeagent answers every query it covers, the test fails and asks for the
 # entry to be removed. An entry whose reason starts with "BUG:" is a defect to fix, not a missing feature.
 KNOWN_GAPS: dict[str, str] = {
-    "node_network_": "network collector not built yet (issue 5, 'Network over netlink')",
     "node_md_": "mdadm collector not built (node_exporter 'mdadm'); needs md RAID to be exercised",
     "node_bonding_": "bonding collector not built (node_exporter 'bonding'); needs a bond to be exercised",
     "node_systemd_": "systemd collector not built (off by default in node_exporter too)",
