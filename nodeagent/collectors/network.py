@@ -346,6 +346,8 @@ class NetworkCollector:
                     rows[i].append((labels, float(link.stats[idx])))
         for inode in [i for i in self._netns if i not in seen]:
             self._release(inode)  # the namespace went with its workload
+        alive = {w.id for w in candidates}
+        self._pids = {wid: pid for wid, pid in self._pids.items() if wid in alive}
         return [
             MetricFamily(name, "counter", help_, (*BASE_LABELS, "interface"), tuple(r))
             for (name, _, help_), r in zip(CONTAINER_FAMILIES, rows, strict=True)
