@@ -151,6 +151,7 @@ _TCP_DIAG_STATES = 0xFFFFFFFF & ~(1 << TCP_BOUND_INACTIVE)
 # because the agent may hold a socket per container namespace.
 _RECV_BUFFER = 64 << 10
 _CLONE_NEWNET = 0x40000000
+_RECV_TIMEOUT = 10.0  # seconds
 _SO_RCVBUFFORCE = 33
 
 
@@ -511,6 +512,8 @@ class _NetlinkClient:
     def __init__(self, protocol: int, netns_path: str | None) -> None:
         self.netns_path = netns_path
         self._sock = _netlink_socket(protocol, netns_path)
+        # The kernel answers at once; a bound keeps a wedged socket from holding a worker thread forever.
+        self._sock.settimeout(_RECV_TIMEOUT)
         self._seq = 0
         self._buffer = bytearray(_RECV_BUFFER)
         self._view = memoryview(self._buffer)
@@ -557,7 +560,7 @@ class _NetlinkClient:
                 except BlockingIOError:
                     break
         finally:
-            self._sock.setblocking(True)
+            self._sock.settimeout(_RECV_TIMEOUT)
         self._unfinished = False
 
     def close(self) -> None:
