@@ -35,7 +35,6 @@ import grpc
 import grpc.aio
 
 from nodeagent.sources.proto import podresources_v1_pb2 as pb
-from nodeagent.sources.proto import podresources_v1_pb2_grpc as pb_grpc
 
 KUBELET_QPS = 100.0
 KUBELET_BURST = 10
@@ -257,7 +256,9 @@ class TokenBucket:
         return False
 
 
-class _Servicer(pb_grpc.PodResourcesListerServicer):  # type: ignore[misc,unused-ignore]  # untyped generated base
+class _Servicer:
+    """The three PodResourcesLister methods, registered by name (``_handler``) as the kubelet serves them."""
+
     def __init__(self, double: PodResourcesDouble) -> None:
         self._double = double
 
@@ -290,6 +291,26 @@ class _Servicer(pb_grpc.PodResourcesListerServicer):  # type: ignore[misc,unused
             grpc.StatusCode.UNKNOWN, f"pod {request.pod_name} in namespace {request.pod_namespace} not found"
         )
         raise AssertionError("unreachable: abort raises")
+
+
+def _handler(servicer: _Servicer) -> grpc.GenericRpcHandler:
+    """Service ``v1.PodResourcesLister`` with its public method names and message types."""
+
+    def unary(method: Any, request: Any, response: Any) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request.FromString, response_serializer=response.SerializeToString
+        )
+
+    return grpc.method_handlers_generic_handler(
+        "v1.PodResourcesLister",
+        {
+            "List": unary(servicer.List, pb.ListPodResourcesRequest, pb.ListPodResourcesResponse),
+            "GetAllocatableResources": unary(
+                servicer.GetAllocatableResources, pb.AllocatableResourcesRequest, pb.AllocatableResourcesResponse
+            ),
+            "Get": unary(servicer.Get, pb.GetPodResourcesRequest, pb.GetPodResourcesResponse),
+        },
+    )
 
 
 class PodResourcesDouble:
@@ -368,7 +389,7 @@ class PodResourcesDouble:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         server = grpc.aio.server()
-        pb_grpc.add_PodResourcesListerServicer_to_server(_Servicer(self), server)  # type: ignore[no-untyped-call,unused-ignore]
+        server.add_generic_rpc_handlers((_handler(_Servicer(self)),))
         if server.add_insecure_port(self.target) == 0:
             raise RuntimeError(f"cannot listen on {self.target}")
         await server.start()

@@ -1,5 +1,5 @@
 """
-Regenerates the protobuf and gRPC modules of this package from its ``.proto`` files with grpcio-tools
+Regenerates the protobuf modules of this package from its ``.proto`` files with grpcio-tools
 (a dev dependency): ``python3 -m nodeagent.sources.proto.regenerate``. The generated modules are committed;
 ``tests/test_proto_generated.py`` fails when they differ from what this command writes.
 """
@@ -19,7 +19,8 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path) -> None:
-    """Write ``*_pb2.py``, ``*_pb2.pyi`` and ``*_pb2_grpc.py`` for every proto file under ``out_dir``.
+    """Write ``*_pb2.py`` and ``*_pb2.pyi`` for every proto file under ``out_dir``. No ``*_pb2_grpc.py``: the
+    clients call methods by their full names on a channel, and the generated servicer bases are unused.
 
     Imports in the generated code are ``nodeagent.sources.proto.*`` because the include root is the
     repository root; ``out_dir`` plays the repository root's part.
@@ -37,7 +38,6 @@ def generate(out_dir: Path) -> None:
         f"-I{include}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
         *rel,
     ]
     if protoc.main(args) != 0:
