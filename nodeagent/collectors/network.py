@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -179,12 +179,7 @@ class NetworkCollector:
     def collect_sync(self) -> list[MetricFamily]:
         """Dump the host's links, then every workload namespace's."""
         if self._host is None:
-            try:
-                self._host = netlink.RouteSocket()
-            except OSError as exc:
-                raise NoDataError(
-                    f"cannot open a netlink socket: {exc}", "netlink sockets may be denied by SELinux or seccomp"
-                ) from exc
+            self._host = open_netlink(netlink.RouteSocket, "an rtnetlink")
         try:
             links = self._host.dump_links()
         except OSError:
@@ -457,6 +452,25 @@ _CLASS_GAUGES: dict[str, tuple[MetricType, str]] = {
     "transmit_queue_length": ("gauge", "Network device transmit queue length."),
     "speed_bytes": ("gauge", "Network device link speed in bytes per second, where the driver reports it."),
 }
+
+
+_S = TypeVar("_S")
+
+
+def open_netlink(factory: Callable[[], _S], what: str) -> _S:
+    """
+    A netlink socket from ``factory``, for a collector: a host that refuses netlink sockets (SELinux, seccomp) has
+    no data for it rather than a failure.
+
+    Raises:
+        NoDataError: the socket cannot be opened.
+    """
+    try:
+        return factory()
+    except OSError as exc:
+        raise NoDataError(
+            f"cannot open {what} socket: {exc}", "netlink sockets may be denied by SELinux or seccomp"
+        ) from exc
 
 
 def _is_up(flags: int, operstate: str) -> bool:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
-from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, NoDataError
+from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec
+from nodeagent.collectors.network import open_netlink
 from nodeagent.metrics import MetricFamily
 from nodeagent.sources import netlink
 
@@ -27,12 +28,7 @@ class TcpstatCollector:
     def collect_sync(self) -> list[MetricFamily]:
         """Dump and count."""
         if self._sock is None:
-            try:
-                self._sock = netlink.DiagSocket()
-            except OSError as exc:
-                raise NoDataError(
-                    f"cannot open a sock_diag netlink socket: {exc}", "netlink may be denied by SELinux or seccomp"
-                ) from exc
+            self._sock = open_netlink(netlink.DiagSocket, "a sock_diag netlink")
         try:
             counts = self._sock.tcp_states()
         except OSError:
