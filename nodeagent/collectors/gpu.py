@@ -12,12 +12,16 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Sequence
+from typing import Any
+
+import structlog
 
 from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, NoDataError
 from nodeagent.collectors.cgroups import BASE_LABELS
 from nodeagent.metrics import MetricFamily, MetricType, Sample
-from nodeagent.sources.nvml import GpuSample, Nvml, NvmlUnavailable
-from nodeagent.workloads import WorkloadResolver
+from nodeagent.scheduler import new_trace_ids
+from nodeagent.sources.nvml import LIFECYCLE, TIMEOUT, XID_CRITICAL_ERROR, GpuSample, Nvml, NvmlUnavailable, error_code
+from nodeagent.workloads import Workload, WorkloadResolver
 
 GPU_LABELS = ("gpu", "uuid")
 
@@ -82,6 +86,12 @@ class GpuCollector:
         self._busy = threading.Lock()
         self._nvml = nvml
         self._uuids: dict[int, str] = {}  # index -> uuid of GPUs seen, so a lost GPU keeps its labels
+        # Xid watcher: counts per (gpu index, uuid, xid), and the workloads last seen on each GPU (for the event).
+        self._xids: dict[tuple[str, str, str], int] = {}
+        self._xid_lock = threading.Lock()
+        self._gpu_workloads: dict[str, list[Workload]] = {}
+        self._watcher: threading.Thread | None = None
+        self._stop = threading.Event()
 
     async def collect(self) -> Sequence[MetricFamily]:
         """One pass over every GPU on the NVML thread."""
@@ -105,7 +115,61 @@ class GpuCollector:
             gpus = self._nvml.sample()
         except NvmlUnavailable as exc:
             raise NoDataError(exc.reason, "install the NVIDIA driver, or mount it into the agent's container") from exc
+        if self._watcher is None:
+            self._watcher = threading.Thread(target=self._watch_xids, name="nodeagent-nvml-xid", daemon=True)
+            self._watcher.start()
         return self._families(gpus)
+
+    # --- Xid events (their own thread: nvmlEventSetWait blocks in C) ------------------------------------
+
+    def _watch_xids(self) -> None:
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                self._xid_session()
+                backoff = 1.0
+            except Exception as exc:  # noqa: BLE001 - the watcher must outlive a driver hiccup
+                self._log.debug("gpu.xid_watch_failed", message=f"Xid event watch stopped: {exc}; retrying")
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _xid_session(self) -> None:
+        import pynvml as nv
+
+        nv.nvmlInit()  # a reference of its own: the sampling pass may shut down and re-initialise meanwhile
+        event_set = nv.nvmlEventSetCreate()
+        try:
+            for index in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(index)
+                try:
+                    if nv.nvmlDeviceGetSupportedEventTypes(h) & XID_CRITICAL_ERROR:
+                        nv.nvmlDeviceRegisterEvents(h, XID_CRITICAL_ERROR, event_set)
+                except nv.NVMLError as exc:
+                    if error_code(exc) in LIFECYCLE:
+                        raise
+            while not self._stop.is_set():
+                try:
+                    data = nv.nvmlEventSetWait(event_set, 1000)
+                except nv.NVMLError as exc:
+                    if error_code(exc) == TIMEOUT:
+                        continue  # nothing happened in the last second
+                    raise
+                if data.eventType & XID_CRITICAL_ERROR:
+                    uuid = nv.nvmlDeviceGetUUID(data.device)
+                    uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+                    self._count_xid(uuid, int(data.eventData), data)
+        finally:
+            with contextlib.suppress(nv.NVMLError):
+                nv.nvmlEventSetFree(event_set)
+            with contextlib.suppress(nv.NVMLError):
+                nv.nvmlShutdown()
+
+    def _count_xid(self, uuid: str, xid: int, data: Any) -> None:
+        index = next((str(i) for i, u in self._uuids.items() if u == uuid), "")
+        key = (index, uuid, str(xid))
+        with self._xid_lock:
+            self._xids[key] = self._xids.get(key, 0) + 1
+        log_xid_event(self._log, index, uuid, xid, self._gpu_workloads.get(uuid, []), data)
 
     def _families(self, gpus: list[GpuSample]) -> list[MetricFamily]:
         nvml = self._nvml
@@ -150,15 +214,21 @@ class GpuCollector:
                 for (family_key, label), value in s.labelled.items():
                     if family_key == lkey:
                         labelled[i].append(((*key, label), value))
+            seen: list[Workload] = []
             for pid, used, _gi, _ci in s.processes:
                 w = self._resolver.resolve(pid)
                 if w is None:
                     continue  # exited since NVML listed it
+                if w not in seen:
+                    seen.append(w)
                 wkey = (*key, w.id, w.name, w.image, w.container, w.pod, w.namespace)
                 workload_mem[wkey] = workload_mem.get(wkey, 0.0) + used
                 workload_procs[wkey] = workload_procs.get(wkey, 0.0) + 1
+            self._gpu_workloads[key[1]] = seen
         out = [
-            MetricFamily("nodeagent_gpu_up", "gauge", "1 if the GPU answers NVML, 0 if it is lost.", GPU_LABELS, tuple(up)),
+            MetricFamily(
+                "nodeagent_gpu_up", "gauge", "1 if the GPU answers NVML, 0 if it is lost.", GPU_LABELS, tuple(up)
+            ),
             MetricFamily(
                 "nodeagent_gpu_info",
                 "info",
@@ -197,6 +267,18 @@ class GpuCollector:
             for (_, name, label, mtype, help_), rows in zip(_LABELLED, labelled, strict=True)
             if rows
         ]
+        with self._xid_lock:
+            xids = tuple(((i, u, x), float(n)) for (i, u, x), n in sorted(self._xids.items()))
+        if xids:
+            out.append(
+                MetricFamily(
+                    "nodeagent_gpu_xid_errors_total",
+                    "counter",
+                    "Critical Xid errors the driver reported, by Xid (a counter: every event, not the last value).",
+                    (*GPU_LABELS, "xid"),
+                    xids,
+                )
+            )
         wl_labels = (*GPU_LABELS, *BASE_LABELS)
         if workload_mem:
             out.append(
@@ -220,12 +302,54 @@ class GpuCollector:
         return out
 
     async def aclose(self) -> None:
-        """Shut NVML down on its thread and stop the thread (without waiting for a stuck call)."""
+        """Shut NVML down on its thread and stop the threads (without waiting for a stuck call)."""
+        self._stop.set()
         if self._nvml is not None:
             nvml = self._nvml
             with contextlib.suppress(RuntimeError):
                 self._executor.submit(nvml.shutdown)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def xid_event_fields(index: str, uuid: str, xid: int, workloads: list[Workload]) -> dict[str, Any]:
+    """ECS fields of one Xid event; the GPU's workloads (from the last pass) name what it may have hit."""
+    fields: dict[str, Any] = {
+        "event.kind": "event",
+        "event.category": ["host", "driver"],
+        "event.type": ["error"],
+        "event.action": "gpu_xid",
+        "event.code": str(xid),
+        "event.module": "nodeagent",
+        "event.dataset": "nodeagent.gpu",
+        "nodeagent.gpu.index": index,
+        "nodeagent.gpu.uuid": uuid,
+        "nodeagent.gpu.xid": xid,
+    }
+    if workloads:
+        w = workloads[0]
+        fields["nodeagent.workload.id"] = w.id
+        optional = {
+            "container.id": w.container_id,
+            "container.name": w.name,
+            "kubernetes.pod.name": w.pod,
+            "kubernetes.namespace": w.namespace,
+            "kubernetes.container.name": w.container,
+            "slurm.job.id": w.slurm_job,
+        }
+        fields.update({k: v for k, v in optional.items() if v})
+        if len(workloads) > 1:
+            fields["nodeagent.gpu.workloads"] = [x.id for x in workloads]
+    return fields
+
+
+def log_xid_event(
+    log: structlog.typing.FilteringBoundLogger, index: str, uuid: str, xid: int, workloads: list[Workload], data: Any
+) -> None:
+    """Log one Xid error as it arrives, with a fresh trace id."""
+    trace_id, span_id = new_trace_ids()
+    fields = xid_event_fields(index, uuid, xid, workloads)
+    fields["trace.id"], fields["span.id"] = trace_id, span_id
+    log.error(f"GPU {index} ({uuid}) reported Xid {xid}", **fields)
 
 
 SPEC = CollectorSpec(

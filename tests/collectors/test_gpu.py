@@ -19,7 +19,7 @@ from nodeagent.workloads import WorkloadResolver
 from tests.integration.cgroups_helpers import TestCgroups
 from tests.nvml_double import SCENARIO_ENV, loaded_into_pynvml
 from tests.nvml_double.build import CompilerMissing, build
-from tests.nvml_double.scenario import GPU_IS_LOST, Gpu, Process, Scenario
+from tests.nvml_double.scenario import GPU_IS_LOST, Gpu, Process, Scenario, Xid
 from tests.prereq import missing
 
 
@@ -130,3 +130,29 @@ async def test_gpu_processes_are_attributed_to_their_cgroup_workloads(double: Pa
         assert mem == {tree.id(rel): float(4 << 30)} and procs == {tree.id(rel): 2.0}
     finally:
         assert tree.cleanup() == []
+
+
+async def test_xid_errors_are_counted_and_logged_once_each(double: Path) -> None:
+    import asyncio
+
+    Scenario(gpus=[Gpu(), Gpu(xids=[Xid(1, 79), Xid(2, 48)])]).write(double)
+    c = make()
+    try:
+        with structlog.testing.capture_logs() as logged:
+            await c.collect()  # starts the watcher
+            for _ in range(100):
+                if len([e for e in logged if e.get("event.action") == "gpu_xid"]) >= 2:
+                    break
+                await asyncio.sleep(0.05)
+            families = list(await c.collect())
+            await asyncio.sleep(1.2)  # a further wait round delivers nothing new
+            again = list(await c.collect())
+    finally:
+        await c.aclose()
+    xids = {labels[0] + ":" + labels[2]: v for labels, v in rows(families, "nodeagent_gpu_xid_errors_total").items()}
+    assert xids == {"1:79": 1.0, "1:48": 1.0}
+    assert rows(again, "nodeagent_gpu_xid_errors_total") == rows(families, "nodeagent_gpu_xid_errors_total")
+    events = [e for e in logged if e.get("event.action") == "gpu_xid"]
+    assert sorted(e["nodeagent.gpu.xid"] for e in events) == [48, 79]
+    assert all(e["event.category"] == ["host", "driver"] and e["event.type"] == ["error"] for e in events)
+    assert all(len(e["trace.id"]) == 32 for e in events)
