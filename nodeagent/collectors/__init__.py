@@ -17,6 +17,7 @@ from nodeagent.collectors import (
     diskstats,
     filefd,
     filesystem,
+    gpu,
     infiniband,
     loadavg,
     meminfo,
@@ -61,6 +62,7 @@ COLLECTORS: dict[str, CollectorSpec[Any]] = {
         textfile.SPEC,
         cgroups.SPEC,
         runtimes.SPEC,
+        gpu.SPEC,
         selfstats.SPEC,
     )
 }

@@ -1,8 +1,8 @@
 """
-NVIDIA GPUs over NVML: health, performance, memory, power, clocks, errors, per-workload use. Every NVML call runs on
-one dedicated thread (a wedged driver call cannot be cancelled, so a cycle that overruns fails and the next one
-fails fast until the thread is free). Families are ``nodeagent_gpu_*`` in base units; see docs/metrics.md.
-Shell equivalent: ``nvidia-smi -q``.
+NVIDIA GPUs over NVML: health, performance, memory, power, clocks, errors, MIG instances, Xid errors and per-workload
+use. Every NVML call runs on one dedicated thread (a wedged driver call cannot be cancelled, so a cycle that overruns
+fails, the next ones fail fast until the thread is free, and the first after that initialises NVML again). Families
+are ``nodeagent_gpu_*`` in base units; see docs/gpu.md and docs/metrics.md. Shell equivalent: ``nvidia-smi -q``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -20,59 +21,135 @@ from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec
 from nodeagent.collectors.cgroups import BASE_LABELS
 from nodeagent.metrics import MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
-from nodeagent.sources.nvml import LIFECYCLE, TIMEOUT, XID_CRITICAL_ERROR, GpuSample, Nvml, NvmlUnavailable, error_code
+from nodeagent.sources.nvml import GpuProcess, GpuSample, Nvml, NvmlUnavailable, XidEvent, watch_xids
 from nodeagent.workloads import Workload, WorkloadResolver
 
-GPU_LABELS = ("gpu", "uuid")
+if TYPE_CHECKING:
+    from nodeagent.sources.podresources import DeviceAllocation
 
-# (value key in GpuSample.values, family, type, help)
-_SIMPLE: tuple[tuple[str, str, MetricType, str], ...] = (
-    ("memory_total", "nodeagent_gpu_memory_total_bytes", "gauge", "Framebuffer memory in total."),
-    ("memory_used", "nodeagent_gpu_memory_used_bytes", "gauge", "Framebuffer memory in use."),
-    ("memory_free", "nodeagent_gpu_memory_free_bytes", "gauge", "Framebuffer memory free."),
-    ("memory_reserved", "nodeagent_gpu_memory_reserved_bytes", "gauge", "Framebuffer memory reserved by the driver."),
-    ("power", "nodeagent_gpu_power_watts", "gauge", "Power draw."),
-    ("power_limit", "nodeagent_gpu_power_limit_watts", "gauge", "Enforced power limit."),
-    ("energy", "nodeagent_gpu_energy_joules_total", "counter", "Energy consumed since the driver was loaded."),
-    ("temperature", "nodeagent_gpu_temperature_celsius", "gauge", "GPU die temperature."),
-    ("performance_state", "nodeagent_gpu_performance_state", "gauge", "Performance state (0 = P0, fastest)."),
-    ("retired_pages_pending", "nodeagent_gpu_retired_pages_pending", "gauge", "1 if retired pages await a reboot."),
-    ("remapped_rows_pending", "nodeagent_gpu_remapped_rows_pending", "gauge", "1 if row remapping awaits a reset."),
-    ("remapped_rows_failure", "nodeagent_gpu_remapped_rows_failure", "gauge", "1 if a row remapping failed."),
-    ("pcie_link_generation", "nodeagent_gpu_pcie_link_generation", "gauge", "Current PCIe link generation."),
-    ("pcie_link_width", "nodeagent_gpu_pcie_link_width", "gauge", "Current PCIe link width (lanes)."),
-    ("pcie_replay", "nodeagent_gpu_pcie_replay_total", "counter", "PCIe replays."),
-)
-_UTILIZATION = (
-    ("utilization_gpu", "gpu"),
-    ("utilization_memory", "memory"),
-    ("utilization_encoder", "encoder"),
-    ("utilization_decoder", "decoder"),
-)
-# (labelled key, family, label name, type, help)
-_LABELLED: tuple[tuple[str, str, str, MetricType, str], ...] = (
-    ("clock", "nodeagent_gpu_clock_hertz", "clock", "gauge", "Current clock."),
-    ("max_clock", "nodeagent_gpu_clock_max_hertz", "clock", "gauge", "Maximum clock."),
-    (
-        "temperature_threshold",
+GPU_LABELS = ("gpu", "uuid")
+INSTANCE_LABELS = ("gpu_instance", "compute_instance")
+MIG_LABELS = (*GPU_LABELS, *INSTANCE_LABELS, "profile")
+WORKLOAD_LABELS = (*GPU_LABELS, *INSTANCE_LABELS, *BASE_LABELS)
+NO_DRIVER_HINT = "install the NVIDIA driver, or mount it and /dev/nvidia* into the agent's container"
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+
+
+# Reading suffix (nodeagent.sources.nvml) -> family, in exposition order. Labels follow GPU_LABELS.
+FAMILIES: dict[str, _Family] = {
+    "utilization": _Family(
+        "nodeagent_gpu_utilization_ratio",
+        "gauge",
+        "Fraction of NVML's last sample period (1/6 s to 1 s) an engine was busy; absent on MIG-enabled GPUs.",
+        ("engine",),
+    ),
+    "memory_total": _Family("nodeagent_gpu_memory_total_bytes", "gauge", "Framebuffer memory in total."),
+    "memory_used": _Family("nodeagent_gpu_memory_used_bytes", "gauge", "Framebuffer memory in use."),
+    "memory_free": _Family("nodeagent_gpu_memory_free_bytes", "gauge", "Framebuffer memory free."),
+    "memory_reserved": _Family(
+        "nodeagent_gpu_memory_reserved_bytes", "gauge", "Framebuffer memory reserved by the driver and firmware."
+    ),
+    "power": _Family("nodeagent_gpu_power_watts", "gauge", "Power draw."),
+    "power_limit": _Family("nodeagent_gpu_power_limit_watts", "gauge", "Enforced power limit."),
+    "energy": _Family(
+        "nodeagent_gpu_energy_joules_total", "counter", "Energy consumed since the driver was loaded (resets then)."
+    ),
+    "temperature": _Family("nodeagent_gpu_temperature_celsius", "gauge", "Temperature, by sensor.", ("sensor",)),
+    "temperature_threshold": _Family(
         "nodeagent_gpu_temperature_threshold_celsius",
-        "threshold",
         "gauge",
-        "Temperature threshold.",
+        "Temperature at which the GPU slows down, shuts down, or which it should stay under.",
+        ("threshold",),
     ),
-    (
-        "clocks_event_reason",
+    "clock": _Family("nodeagent_gpu_clock_hertz", "gauge", "Current clock.", ("clock",)),
+    "clock_max": _Family("nodeagent_gpu_clock_max_hertz", "gauge", "Maximum clock.", ("clock",)),
+    "performance_state": _Family(
+        "nodeagent_gpu_performance_state", "gauge", "Performance state (0 = P0, the fastest; 15 the slowest)."
+    ),
+    "fan_speed": _Family(
+        "nodeagent_gpu_fan_speed_ratio", "gauge", "Intended fan speed as a fraction of its maximum.", ("fan",)
+    ),
+    "clocks_event_reason": _Family(
         "nodeagent_gpu_clocks_event_reason",
-        "reason",
         "gauge",
-        "1 while this reason holds the clocks down (NVML clocks event reasons).",
+        "1 while this reason holds the clocks down (NVML clocks event reasons, formerly throttle reasons).",
+        ("reason",),
     ),
-    ("remapped_rows", "nodeagent_gpu_remapped_rows_total", "type", "counter", "Rows remapped, by error type."),
-)
+    "clocks_event_seconds": _Family(
+        "nodeagent_gpu_clocks_event_seconds_total",
+        "counter",
+        "Time the clocks were held down for this reason, since the driver was loaded.",
+        ("reason",),
+    ),
+    "ecc_errors": _Family(
+        "nodeagent_gpu_ecc_errors_total",
+        "counter",
+        "ECC memory errors; counter=volatile since the last driver load, aggregate over the board's life.",
+        ("type", "counter"),
+    ),
+    "retired_pages": _Family(
+        "nodeagent_gpu_retired_pages_total", "counter", "Framebuffer pages retired, by cause (pre-Ampere).", ("cause",)
+    ),
+    "retired_pages_pending": _Family(
+        "nodeagent_gpu_retired_pages_pending", "gauge", "1 if pages await retirement at the next driver reload."
+    ),
+    "remapped_rows": _Family(
+        "nodeagent_gpu_remapped_rows_total", "counter", "Memory rows remapped, by error type (Ampere+).", ("type",)
+    ),
+    "remapped_rows_pending": _Family(
+        "nodeagent_gpu_remapped_rows_pending", "gauge", "1 if a row remapping awaits a GPU reset."
+    ),
+    "remapped_rows_failure": _Family(
+        "nodeagent_gpu_remapped_rows_failure", "gauge", "1 if a row remapping failed (the GPU needs service)."
+    ),
+    "pcie_link_generation": _Family("nodeagent_gpu_pcie_link_generation", "gauge", "Current PCIe link generation."),
+    "pcie_link_width": _Family("nodeagent_gpu_pcie_link_width", "gauge", "Current PCIe link width in lanes."),
+    "pcie_replay": _Family("nodeagent_gpu_pcie_replay_total", "counter", "PCIe replays (link-level retransmits)."),
+    "pcie_transmit_bytes": _Family(
+        "nodeagent_gpu_pcie_transmit_bytes_total", "counter", "Bytes the GPU sent over PCIe."
+    ),
+    "pcie_receive_bytes": _Family(
+        "nodeagent_gpu_pcie_receive_bytes_total", "counter", "Bytes the GPU received over PCIe."
+    ),
+    "nvlink_transmit_bytes": _Family(
+        "nodeagent_gpu_nvlink_transmit_bytes_total", "counter", "Data bytes sent over an NVLink.", ("link",)
+    ),
+    "nvlink_receive_bytes": _Family(
+        "nodeagent_gpu_nvlink_receive_bytes_total", "counter", "Data bytes received over an NVLink.", ("link",)
+    ),
+    "nvlink_errors": _Family(
+        "nodeagent_gpu_nvlink_errors_total",
+        "counter",
+        "NVLink data-link errors (replay, recovery, CRC), by link.",
+        ("link", "type"),
+    ),
+}
+MIG_MEMORY = {
+    "memory_total": _Family("nodeagent_gpu_mig_memory_total_bytes", "gauge", "A MIG device's framebuffer memory."),
+    "memory_used": _Family("nodeagent_gpu_mig_memory_used_bytes", "gauge", "A MIG device's framebuffer memory in use."),
+    "memory_free": _Family("nodeagent_gpu_mig_memory_free_bytes", "gauge", "A MIG device's framebuffer memory free."),
+}
+ENGINES = ("sm", "memory", "encoder", "decoder")
 
 
 class GpuConfig(CollectorConfig):
     """Options of the ``gpu`` collector."""
+
+    # Attribute GPU processes to the workloads (cgroups) they run in; needs the host's /proc (hostPID).
+    processes: bool = True
+    # Follow critical Xid errors on an NVML event set (a thread of its own).
+    xid_events: bool = True
+
+
+class NvmlBusy(RuntimeError):
+    """The previous NVML pass has not returned: the driver or a GPU is not answering."""
 
 
 class GpuCollector:
@@ -80,107 +157,102 @@ class GpuCollector:
 
     def __init__(self, ctx: CollectorContext, cfg: GpuConfig, nvml: Nvml | None = None) -> None:
         self._ctx = ctx
+        self._cfg = cfg
         self._log = ctx.log
         self._resolver: WorkloadResolver = ctx.resolver()
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodeagent-nvml")
         self._busy = threading.Lock()
+        self._recheck = False  # a pass overran: re-initialise NVML before the next one
         self._nvml = nvml
         self._uuids: dict[int, str] = {}  # index -> uuid of GPUs seen, so a lost GPU keeps its labels
-        # Xid watcher: counts per (gpu index, uuid, xid), and the workloads last seen on each GPU (for the event).
-        self._xids: dict[tuple[str, str, str], int] = {}
+        self._xids: dict[tuple[str, str, str], int] = {}  # (gpu index, uuid, xid) -> count
         self._xid_lock = threading.Lock()
-        self._gpu_workloads: dict[str, list[Workload]] = {}
+        # Workloads last seen per (gpu uuid, gpu instance or None): what an Xid event names as affected.
+        self._gpu_workloads: dict[tuple[str, int | None], list[Workload]] = {}
         self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
 
     async def collect(self) -> Sequence[MetricFamily]:
-        """One pass over every GPU on the NVML thread."""
+        """One pass over every GPU on the NVML thread, then attribution and families on the event loop."""
+        allocations = await self._allocations()
         if not self._busy.acquire(blocking=False):
-            raise TimeoutError("the previous NVML pass has not returned (a GPU or the driver is not answering)")
+            raise NvmlBusy("the previous NVML pass has not returned (a GPU or the driver is not answering)")
         try:
             future = self._executor.submit(self._pass)
         except BaseException:
             self._busy.release()
             raise
         future.add_done_callback(lambda _: self._busy.release())
-        return await asyncio.wrap_future(future)
+        try:
+            gpus = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            self._recheck = True  # the scheduler's timeout: the thread finishes the call, then NVML is re-checked
+            raise
+        if gpus is None:  # NVML went away after GPUs had been seen: report them down
+            gpus = [GpuSample(i, u, up=False) for i, u in sorted(self._uuids.items())]
+        return self._families(gpus, allocations)
 
-    def _pass(self) -> list[MetricFamily]:
+    async def _allocations(self) -> list[DeviceAllocation]:
+        meta = self._resolver.metadata
+        devices = meta.devices if meta is not None else None
+        return await devices.allocations() if devices is not None else []
+
+    def _pass(self) -> list[GpuSample] | None:
         if self._nvml is None:
             try:
                 self._nvml = Nvml()
             except ImportError as exc:
-                raise NoDataError(f"nvidia-ml-py is not installed: {exc}") from exc
+                raise NoDataError(f"nvidia-ml-py is not installed: {exc}", "pip install nvidia-ml-py") from exc
+        nvml = self._nvml
+        if self._recheck:
+            self._recheck = False
+            nvml.shutdown()
         try:
-            gpus = self._nvml.sample()
+            gpus = nvml.sample()
         except NvmlUnavailable as exc:
-            raise NoDataError(exc.reason, "install the NVIDIA driver, or mount it into the agent's container") from exc
-        if self._watcher is None:
+            if self._uuids:
+                self._log.debug("gpu.nvml_unavailable", message=exc.reason)
+                return None
+            raise NoDataError(exc.reason, NO_DRIVER_HINT) from exc
+        if self._cfg.xid_events and self._watcher is None:
             self._watcher = threading.Thread(target=self._watch_xids, name="nodeagent-nvml-xid", daemon=True)
             self._watcher.start()
-        return self._families(gpus)
+        return gpus
 
     # --- Xid events (their own thread: nvmlEventSetWait blocks in C) ------------------------------------
 
     def _watch_xids(self) -> None:
         backoff = 1.0
+        nv = self._nvml.nv if self._nvml is not None else None
         while not self._stop.is_set():
             try:
-                self._xid_session()
+                watch_xids(self._count_xid, self._stop, nv)
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive a driver hiccup
                 self._log.debug("gpu.xid_watch_failed", message=f"Xid event watch stopped: {exc}; retrying")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _xid_session(self) -> None:
-        import pynvml as nv
-
-        nv.nvmlInit()  # a reference of its own: the sampling pass may shut down and re-initialise meanwhile
-        event_set = nv.nvmlEventSetCreate()
-        try:
-            for index in range(nv.nvmlDeviceGetCount()):
-                h = nv.nvmlDeviceGetHandleByIndex(index)
-                try:
-                    if nv.nvmlDeviceGetSupportedEventTypes(h) & XID_CRITICAL_ERROR:
-                        nv.nvmlDeviceRegisterEvents(h, XID_CRITICAL_ERROR, event_set)
-                except nv.NVMLError as exc:
-                    if error_code(exc) in LIFECYCLE:
-                        raise
-            while not self._stop.is_set():
-                try:
-                    data = nv.nvmlEventSetWait(event_set, 1000)
-                except nv.NVMLError as exc:
-                    if error_code(exc) == TIMEOUT:
-                        continue  # nothing happened in the last second
-                    raise
-                if data.eventType & XID_CRITICAL_ERROR:
-                    uuid = nv.nvmlDeviceGetUUID(data.device)
-                    uuid = uuid.decode() if isinstance(uuid, bytes) else str(uuid)
-                    self._count_xid(uuid, int(data.eventData), data)
-        finally:
-            with contextlib.suppress(nv.NVMLError):
-                nv.nvmlEventSetFree(event_set)
-            with contextlib.suppress(nv.NVMLError):
-                nv.nvmlShutdown()
-
-    def _count_xid(self, uuid: str, xid: int, data: Any) -> None:
-        index = next((str(i) for i, u in self._uuids.items() if u == uuid), "")
-        key = (index, uuid, str(xid))
+    def _count_xid(self, event: XidEvent) -> None:
+        index = next((str(i) for i, u in self._uuids.items() if u == event.uuid), "")
+        key = (index, event.uuid, str(event.xid))
         with self._xid_lock:
             self._xids[key] = self._xids.get(key, 0) + 1
-        log_xid_event(self._log, index, uuid, xid, self._gpu_workloads.get(uuid, []), data)
+        workloads = self._gpu_workloads.get((event.uuid, event.gpu_instance)) or self._gpu_workloads.get(
+            (event.uuid, None), []
+        )
+        log_xid_event(self._log, index, event, workloads)
 
-    def _families(self, gpus: list[GpuSample]) -> list[MetricFamily]:
+    # --- families ----------------------------------------------------------------------------------------------
+
+    def _families(self, gpus: list[GpuSample], allocations: list[DeviceAllocation]) -> list[MetricFamily]:
         nvml = self._nvml
-        assert nvml is not None
+        rows: dict[str, list[Sample]] = {}
         up: list[Sample] = []
         info: list[Sample] = []
-        simple: list[list[Sample]] = [[] for _ in _SIMPLE]
-        util: list[Sample] = []
-        labelled: list[list[Sample]] = [[] for _ in _LABELLED]
-        workload_mem: dict[tuple[str, ...], float] = {}
-        workload_procs: dict[tuple[str, ...], float] = {}
+        mig_info: list[Sample] = []
+        processes: dict[tuple[str, ...], float] = {}
+        attributed = _Attribution()
         for s in gpus:
             if s.uuid:
                 self._uuids[s.index] = s.uuid
@@ -195,8 +267,9 @@ class GpuCollector:
                         s.name,
                         s.pci_bus_id,
                         f"nvidia{s.minor}" if s.minor is not None else "",
-                        nvml.driver_version,
-                        nvml.cuda_version,
+                        s.serial,
+                        nvml.driver_version if nvml else "",
+                        nvml.cuda_version if nvml else "",
                         s.info.get("mig_mode", ""),
                         s.info.get("compute_mode", ""),
                         s.info.get("persistence_mode", ""),
@@ -204,27 +277,22 @@ class GpuCollector:
                     1.0,
                 )
             )
-            for i, (vkey, *_rest) in enumerate(_SIMPLE):
-                if vkey in s.values:
-                    simple[i].append((key, s.values[vkey]))
-            for vkey, engine in _UTILIZATION:
-                if vkey in s.values:
-                    util.append(((*key, engine), s.values[vkey]))
-            for i, (lkey, *_rest) in enumerate(_LABELLED):
-                for (family_key, label), value in s.labelled.items():
-                    if family_key == lkey:
-                        labelled[i].append(((*key, label), value))
-            seen: list[Workload] = []
-            for pid, used, _gi, _ci in s.processes:
-                w = self._resolver.resolve(pid)
-                if w is None:
-                    continue  # exited since NVML listed it
-                if w not in seen:
-                    seen.append(w)
-                wkey = (*key, w.id, w.name, w.image, w.container, w.pod, w.namespace)
-                workload_mem[wkey] = workload_mem.get(wkey, 0.0) + used
-                workload_procs[wkey] = workload_procs.get(wkey, 0.0) + 1
-            self._gpu_workloads[key[1]] = seen
+            for suffix, values in s.readings.items():
+                bucket = rows.setdefault(suffix, [])
+                bucket.extend(((*key, *labels), value) for labels, value in values.items())
+            profiles: dict[tuple[int, int], str] = {}
+            for m in s.mig:
+                profiles[(m.gpu_instance, m.compute_instance)] = m.profile
+                mkey = (*key, str(m.gpu_instance), str(m.compute_instance), m.profile)
+                mig_info.append(((*mkey, m.uuid, m.name), 1.0))
+                for suffix, values in m.readings.items():
+                    if suffix in MIG_MEMORY:
+                        rows.setdefault("mig_" + suffix, []).extend(((*mkey, *lb), v) for lb, v in values.items())
+            for p in _unique(s.processes):
+                pkey = (*key, _id(p.gpu_instance), _id(p.compute_instance))
+                processes[pkey] = processes.get(pkey, 0.0) + 1
+            if self._cfg.processes:
+                attributed.add(self._resolver, key, s)
         out = [
             MetricFamily(
                 "nodeagent_gpu_up", "gauge", "1 if the GPU answers NVML, 0 if it is lost.", GPU_LABELS, tuple(up)
@@ -238,6 +306,7 @@ class GpuCollector:
                     "name",
                     "pci_bus_id",
                     "device",
+                    "serial",
                     "driver_version",
                     "cuda_version",
                     "mig_mode",
@@ -247,84 +316,228 @@ class GpuCollector:
                 tuple(info),
             ),
         ]
-        out += [
-            MetricFamily(name, mtype, help_, GPU_LABELS, tuple(rows))
-            for (_, name, mtype, help_), rows in zip(_SIMPLE, simple, strict=True)
-            if rows
-        ]
-        if util:
+        for suffix, fam in FAMILIES.items():
+            if rows.get(suffix):
+                out.append(MetricFamily(fam.name, fam.type, fam.help, (*GPU_LABELS, *fam.labels), tuple(rows[suffix])))
+        if mig_info:
             out.append(
                 MetricFamily(
-                    "nodeagent_gpu_utilization_ratio",
-                    "gauge",
-                    "Fraction of the last sample period an engine was busy (NVML utilization rates).",
-                    (*GPU_LABELS, "engine"),
-                    tuple(util),
+                    "nodeagent_gpu_mig_info",
+                    "info",
+                    "A MIG device: its GPU instance, compute instance, profile and uuid.",
+                    (*MIG_LABELS, "mig_uuid", "name"),
+                    tuple(mig_info),
                 )
             )
-        out += [
-            MetricFamily(name, mtype, help_, (*GPU_LABELS, label), tuple(rows))
-            for (_, name, label, mtype, help_), rows in zip(_LABELLED, labelled, strict=True)
-            if rows
-        ]
-        with self._xid_lock:
-            xids = tuple(((i, u, x), float(n)) for (i, u, x), n in sorted(self._xids.items()))
-        if xids:
-            out.append(
-                MetricFamily(
-                    "nodeagent_gpu_xid_errors_total",
-                    "counter",
-                    "Critical Xid errors the driver reported, by Xid (a counter: every event, not the last value).",
-                    (*GPU_LABELS, "xid"),
-                    xids,
-                )
+            for suffix, fam in MIG_MEMORY.items():
+                if rows.get("mig_" + suffix):
+                    out.append(MetricFamily(fam.name, fam.type, fam.help, MIG_LABELS, tuple(rows["mig_" + suffix])))
+        out.append(
+            MetricFamily(
+                "nodeagent_gpu_processes",
+                "gauge",
+                "Compute and graphics processes on a GPU or MIG instance (instances are empty for a whole GPU).",
+                (*GPU_LABELS, *INSTANCE_LABELS),
+                tuple(processes.items()),
             )
-        wl_labels = (*GPU_LABELS, *BASE_LABELS)
-        if workload_mem:
+        )
+        out += attributed.families()
+        self._gpu_workloads = attributed.by_scope  # swapped whole: the Xid thread reads it
+        out += self._xid_families()
+        alloc = allocation_rows(allocations, gpus, self._uuids)
+        if alloc:
             out.append(
                 MetricFamily(
-                    "nodeagent_gpu_workload_memory_used_bytes",
-                    "gauge",
-                    "GPU memory used by a workload's processes on this GPU.",
-                    wl_labels,
-                    tuple(workload_mem.items()),
-                )
-            )
-            out.append(
-                MetricFamily(
-                    "nodeagent_gpu_workload_processes",
-                    "gauge",
-                    "A workload's processes running on this GPU.",
-                    wl_labels,
-                    tuple(workload_procs.items()),
+                    "nodeagent_gpu_allocation_info",
+                    "info",
+                    "A GPU, MIG instance or time-sliced replica the kubelet assigned to a container (PodResources).",
+                    (*GPU_LABELS, *INSTANCE_LABELS, "replica", "resource", "namespace", "pod", "container"),
+                    tuple((labels, 1.0) for labels in alloc),
                 )
             )
         return out
+
+    def _xid_families(self) -> list[MetricFamily]:
+        with self._xid_lock:
+            xids = tuple(((i, u, x), float(n)) for (i, u, x), n in sorted(self._xids.items()))
+        if not xids:
+            return []
+        return [
+            MetricFamily(
+                "nodeagent_gpu_xid_errors_total",
+                "counter",
+                "Critical Xid errors the driver reported, by Xid (a counter of every event, not the last value).",
+                (*GPU_LABELS, "xid"),
+                xids,
+            )
+        ]
 
     async def aclose(self) -> None:
         """Shut NVML down on its thread and stop the threads (without waiting for a stuck call)."""
         self._stop.set()
         if self._nvml is not None:
             nvml = self._nvml
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError):  # the executor is already shut down
                 self._executor.submit(nvml.shutdown)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def xid_event_fields(index: str, uuid: str, xid: int, workloads: list[Workload]) -> dict[str, Any]:
+def _id(value: int | None) -> str:
+    return "" if value is None else str(value)
+
+
+def _unique(processes: list[GpuProcess]) -> list[GpuProcess]:
+    """One entry per (pid, instance): a process in both the compute and graphics lists counts once."""
+    seen: dict[tuple[int, int | None, int | None], GpuProcess] = {}
+    for p in processes:
+        k = (p.pid, p.gpu_instance, p.compute_instance)
+        old = seen.get(k)
+        if old is None or (p.used_bytes or 0) > (old.used_bytes or 0):
+            seen[k] = p
+    return list(seen.values())
+
+
+class _Attribution:
+    """Per-workload sums over GPU processes: memory, process count, utilization by engine."""
+
+    def __init__(self) -> None:
+        self.memory: dict[tuple[str, ...], float] = {}
+        self.count: dict[tuple[str, ...], float] = {}
+        self.util: dict[tuple[str, ...], float] = {}
+        self.by_scope: dict[tuple[str, int | None], list[Workload]] = {}  # (gpu uuid, gpu instance) -> workloads
+
+    def add(self, resolver: WorkloadResolver, key: tuple[str, str], s: GpuSample) -> None:
+        seen = self.by_scope
+        for p in _unique(s.processes):
+            w = resolver.resolve(p.pid)
+            if w is None:
+                continue  # exited since NVML listed it, or not visible (no host PID namespace)
+            for scope in {(key[1], None), (key[1], p.gpu_instance)}:
+                listed = seen.setdefault(scope, [])
+                if w not in listed:
+                    listed.append(w)
+            wkey = (
+                *key,
+                _id(p.gpu_instance),
+                _id(p.compute_instance),
+                w.id,
+                w.name,
+                w.image,
+                w.container,
+                w.pod,
+                w.namespace,
+            )
+            self.count[wkey] = self.count.get(wkey, 0.0) + 1
+            if p.used_bytes is not None:
+                self.memory[wkey] = self.memory.get(wkey, 0.0) + p.used_bytes
+            util = s.process_utilization.get(p.pid)
+            if util is not None:
+                for engine, value in zip(ENGINES, util, strict=True):
+                    ukey = (*wkey, engine)
+                    self.util[ukey] = min(1.0, self.util.get(ukey, 0.0) + value)
+
+    def families(self) -> list[MetricFamily]:
+        out: list[MetricFamily] = []
+        if self.memory:
+            out.append(
+                MetricFamily(
+                    "nodeagent_gpu_workload_memory_used_bytes",
+                    "gauge",
+                    "GPU memory used by a workload's processes on a GPU or MIG instance.",
+                    WORKLOAD_LABELS,
+                    tuple(self.memory.items()),
+                )
+            )
+        if self.count:
+            out.append(
+                MetricFamily(
+                    "nodeagent_gpu_workload_processes",
+                    "gauge",
+                    "A workload's processes on a GPU or MIG instance.",
+                    WORKLOAD_LABELS,
+                    tuple(self.count.items()),
+                )
+            )
+        if self.util:
+            out.append(
+                MetricFamily(
+                    "nodeagent_gpu_workload_utilization_ratio",
+                    "gauge",
+                    "A workload's share of a GPU engine since the last cycle (NVML per-process utilization; "
+                    "the busiest sample of each process, summed per workload; not available under MIG).",
+                    (*WORKLOAD_LABELS, "engine"),
+                    tuple(self.util.items()),
+                )
+            )
+        return out
+
+
+def allocation_rows(
+    allocations: list[DeviceAllocation], gpus: list[GpuSample], uuids: dict[int, str]
+) -> list[tuple[str, ...]]:
+    """
+    Label rows of ``nodeagent_gpu_allocation_info``: each NVIDIA device the kubelet assigned, matched to a GPU this
+    pass saw (by GPU uuid, MIG device uuid, or index for GKE's ``nvidia<N>`` ids). Devices of other vendors and
+    devices on no GPU of this host are left out.
+    """
+    by_uuid = {u: i for i, u in uuids.items()}
+    mig: dict[str, tuple[str, int, int]] = {}  # MIG uuid -> (gpu uuid, gi, ci)
+    mig_ci: dict[tuple[str, int], int] = {}  # (gpu uuid, gi) -> ci
+    for s in gpus:
+        for m in s.mig:
+            mig[m.uuid] = (s.uuid, m.gpu_instance, m.compute_instance)
+            mig_ci.setdefault((s.uuid, m.gpu_instance), m.compute_instance)
+    out: set[tuple[str, ...]] = set()
+    for a in allocations:
+        gi, ci = a.gpu_instance, a.compute_instance
+        if a.mig_uuid:
+            if a.mig_uuid not in mig:
+                continue
+            gpu_uuid, gi, ci = mig[a.mig_uuid]
+        elif a.gpu_uuid:
+            gpu_uuid = a.gpu_uuid
+        elif a.gpu_index is not None:
+            gpu_uuid = uuids.get(a.gpu_index, "")
+        else:
+            continue
+        if gpu_uuid not in by_uuid:
+            continue
+        if gi is not None and ci is None:
+            ci = mig_ci.get((gpu_uuid, gi))
+        out.add(
+            (
+                str(by_uuid[gpu_uuid]),
+                gpu_uuid,
+                _id(gi),
+                _id(ci),
+                _id(a.replica),
+                a.resource,
+                a.namespace,
+                a.pod,
+                a.container,
+            )
+        )
+    return sorted(out)
+
+
+def xid_event_fields(index: str, event: XidEvent, workloads: list[Workload]) -> dict[str, Any]:
     """ECS fields of one Xid event; the GPU's workloads (from the last pass) name what it may have hit."""
     fields: dict[str, Any] = {
         "event.kind": "event",
         "event.category": ["host", "driver"],
         "event.type": ["error"],
         "event.action": "gpu_xid",
-        "event.code": str(xid),
+        "event.code": str(event.xid),
         "event.module": "nodeagent",
         "event.dataset": "nodeagent.gpu",
         "nodeagent.gpu.index": index,
-        "nodeagent.gpu.uuid": uuid,
-        "nodeagent.gpu.xid": xid,
+        "nodeagent.gpu.uuid": event.uuid,
+        "nodeagent.gpu.xid": event.xid,
     }
+    if event.gpu_instance is not None:
+        fields["nodeagent.gpu.gpu_instance"] = event.gpu_instance
+    if event.compute_instance is not None:
+        fields["nodeagent.gpu.compute_instance"] = event.compute_instance
     if workloads:
         w = workloads[0]
         fields["nodeagent.workload.id"] = w.id
@@ -343,18 +556,18 @@ def xid_event_fields(index: str, uuid: str, xid: int, workloads: list[Workload])
 
 
 def log_xid_event(
-    log: structlog.typing.FilteringBoundLogger, index: str, uuid: str, xid: int, workloads: list[Workload], data: Any
+    log: structlog.typing.FilteringBoundLogger, index: str, event: XidEvent, workloads: list[Workload]
 ) -> None:
     """Log one Xid error as it arrives, with a fresh trace id."""
     trace_id, span_id = new_trace_ids()
-    fields = xid_event_fields(index, uuid, xid, workloads)
+    fields = xid_event_fields(index, event, workloads)
     fields["trace.id"], fields["span.id"] = trace_id, span_id
-    log.error(f"GPU {index} ({uuid}) reported Xid {xid}", **fields)
+    log.error(f"GPU {index} ({event.uuid}) reported Xid {event.xid}", **fields)
 
 
 SPEC = CollectorSpec(
     name="gpu",
-    description="NVIDIA GPUs over NVML: health, utilization, memory, power, clocks, errors, per-workload use.",
+    description="NVIDIA GPUs over NVML: health, use, memory, power, clocks, errors, MIG, Xid, per-workload use.",
     config_model=GpuConfig,
     factory=GpuCollector,
 )

@@ -1,35 +1,40 @@
 """
 The one boundary to NVIDIA's NVML (PyPI ``nvidia-ml-py``, module ``pynvml``): initialisation and re-initialisation,
-error classification, and one sampling pass per GPU. Every call runs on the caller's thread; the GPU collector
-runs this module on its single dedicated NVML thread, never on the event loop.
+error classification, and one sampling pass over every GPU and MIG device. Every call runs on the caller's thread;
+the GPU collector runs this module on its single dedicated NVML thread, never on the event loop.
+
+Values come back in base units (bytes, watts, joules, hertz, seconds, ratios) keyed by the metric family suffix
+the collector exports, so this module is the only place that knows NVML's units and call shapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 # NVML return codes (nvml.h; pynvml exposes them as NVML_ERROR_*).
+UNINITIALIZED = 1
+INVALID_ARGUMENT = 2
 NOT_SUPPORTED = 3
 NO_PERMISSION = 4
 NOT_FOUND = 6
+DRIVER_NOT_LOADED = 9
 TIMEOUT = 10
+LIBRARY_NOT_FOUND = 12
 FUNCTION_NOT_FOUND = 13
 GPU_IS_LOST = 15
-UNINITIALIZED = 1
-DRIVER_NOT_LOADED = 9
-LIBRARY_NOT_FOUND = 12
 LIB_RM_VERSION_MISMATCH = 18
-GPU_NOT_FOUND = 28
 DEPRECATED = 26
-INVALID_ARGUMENT = 2
+GPU_NOT_FOUND = 28
 
 # Errors that say NVML or the GPU itself is gone: the GPU is marked down and NVML is initialised again.
 LIFECYCLE = frozenset({GPU_IS_LOST, UNINITIALIZED, DRIVER_NOT_LOADED, LIB_RM_VERSION_MISMATCH, GPU_NOT_FOUND})
-# Errors that only mean "this value is not available here": that series is left out.
-FIELD_LEVEL = frozenset({NOT_SUPPORTED, NO_PERMISSION, FUNCTION_NOT_FOUND, DEPRECATED, NOT_FOUND, INVALID_ARGUMENT})
+# Errors meaning "this value will never be available here": asked once, then left out for good.
+NEVER_AVAILABLE = frozenset({NOT_SUPPORTED, FUNCTION_NOT_FOUND, DEPRECATED})
 
 _T = TypeVar("_T")
 
@@ -46,8 +51,42 @@ CLOCK_EVENT_REASONS = {
     "hw_power_brake_slowdown": 0x80,
     "display_clock_setting": 0x100,
 }
+TEMPERATURE_THRESHOLDS = {"shutdown": 0, "slowdown": 1, "memory_max": 2, "gpu_max": 3}
 XID_CRITICAL_ERROR = 0x8
 NOT_MIG = 0xFFFFFFFF
+MIG_ENABLED = 1
+
+# The field-values batch (nvmlDeviceGetFieldValues, one call per GPU per pass):
+# field id -> (family suffix, label values, scale to the base unit).
+FIELDS: dict[int, tuple[str, tuple[str, ...], float]] = {
+    3: ("ecc_errors", ("corrected", "volatile"), 1.0),  # NVML_FI_DEV_ECC_SBE_VOL_TOTAL
+    4: ("ecc_errors", ("uncorrected", "volatile"), 1.0),  # ..._DBE_VOL_TOTAL
+    5: ("ecc_errors", ("corrected", "aggregate"), 1.0),  # ..._SBE_AGG_TOTAL
+    6: ("ecc_errors", ("uncorrected", "aggregate"), 1.0),  # ..._DBE_AGG_TOTAL
+    29: ("retired_pages", ("single_bit_ecc",), 1.0),  # NVML_FI_DEV_RETIRED_SBE
+    30: ("retired_pages", ("double_bit_ecc",), 1.0),  # NVML_FI_DEV_RETIRED_DBE
+    31: ("retired_pages_pending", (), 1.0),  # NVML_FI_DEV_RETIRED_PENDING
+    74: ("clocks_event_seconds", ("sw_power_cap",), 1e-9),  # NVML_FI_DEV_CLOCKS_EVENT_REASON_SW_POWER_CAP, ns
+    76: ("clocks_event_seconds", ("sync_boost",), 1e-9),  # ..._SYNC_BOOST
+    269: ("clocks_event_seconds", ("sw_thermal_slowdown",), 1e-9),
+    270: ("clocks_event_seconds", ("hw_thermal_slowdown",), 1e-9),
+    271: ("clocks_event_seconds", ("hw_power_brake_slowdown",), 1e-9),
+    82: ("temperature", ("memory",), 1.0),  # NVML_FI_DEV_MEMORY_TEMP
+    94: ("pcie_replay", (), 1.0),  # NVML_FI_DEV_PCIE_REPLAY_COUNTER
+    197: ("pcie_transmit_bytes", (), 1.0),  # NVML_FI_DEV_PCIE_COUNT_TX_BYTES
+    198: ("pcie_receive_bytes", (), 1.0),  # NVML_FI_DEV_PCIE_COUNT_RX_BYTES
+}
+NVLINK_LINK_COUNT = 91
+# Per-link fields (scopeId = link): field id -> (family suffix, extra label value or "", scale).
+NVLINK_FIELDS: dict[int, tuple[str, str, float]] = {
+    138: ("nvlink_transmit_bytes", "", 1024.0),  # NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, KiB
+    139: ("nvlink_receive_bytes", "", 1024.0),  # ..._DATA_RX
+    161: ("nvlink_errors", "replay", 1.0),  # NVML_FI_DEV_NVLINK_ERROR_DL_REPLAY
+    162: ("nvlink_errors", "recovery", 1.0),  # ..._DL_RECOVERY
+    163: ("nvlink_errors", "crc", 1.0),  # ..._DL_CRC
+}
+
+Readings = dict[str, dict[tuple[str, ...], float]]
 
 
 class NvmlUnavailable(Exception):
@@ -66,22 +105,14 @@ def error_code(exc: BaseException) -> int | None:
 
 
 @dataclass(slots=True)
-class GpuSample:
-    """One GPU's readings in one pass; a value NVML did not give is absent from ``values``."""
+class GpuProcess:
+    """A process NVML lists on a GPU: host pid, framebuffer bytes (``None``: NVML does not say), MIG ids."""
 
-    index: int
-    uuid: str
-    name: str = ""
-    pci_bus_id: str = ""
-    minor: int | None = None
-    up: bool = True
-    error: str = ""
-    info: dict[str, str] = field(default_factory=dict)
-    values: dict[str, float] = field(default_factory=dict)
-    labelled: dict[tuple[str, str], float] = field(default_factory=dict)  # (family suffix, label value) -> value
-    processes: list[tuple[int, int, int, int]] = field(default_factory=list)  # pid, used bytes, gi, ci
-    process_util: dict[int, tuple[float, float]] = field(default_factory=dict)  # pid -> (sm, memory) ratios
-    mig: list[MigSample] = field(default_factory=list)
+    pid: int
+    used_bytes: int | None
+    gpu_instance: int | None = None
+    compute_instance: int | None = None
+    graphics: bool = False
 
 
 @dataclass(slots=True)
@@ -91,18 +122,56 @@ class MigSample:
     uuid: str
     gpu_instance: int
     compute_instance: int
+    name: str
     profile: str
-    values: dict[str, float] = field(default_factory=dict)
+    readings: Readings = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class GpuSample:
+    """
+    One GPU's readings in one pass. ``readings`` maps a family suffix to {label values: value}; a value NVML did
+    not give is absent. ``up`` is False when a lifecycle error cut the GPU's pass short.
+    """
+
+    index: int
+    uuid: str
+    up: bool = True
+    error: str = ""
+    name: str = ""
+    pci_bus_id: str = ""
+    minor: int | None = None
+    serial: str = ""
+    info: dict[str, str] = field(default_factory=dict)
+    readings: Readings = field(default_factory=dict)
+    processes: list[GpuProcess] = field(default_factory=list)
+    process_utilization: dict[int, tuple[float, float, float, float]] = field(default_factory=dict)
+    mig: list[MigSample] = field(default_factory=list)
+
+    def put(self, suffix: str, labels: tuple[str, ...], value: float) -> None:
+        """Record one value."""
+        self.readings.setdefault(suffix, {})[labels] = value
+
+    def value(self, suffix: str, labels: tuple[str, ...] = ()) -> float | None:
+        """One recorded value, or ``None``."""
+        return self.readings.get(suffix, {}).get(labels)
+
+
+def mig_profile(name: str) -> str:
+    """The MIG profile in a MIG device's name (``NVIDIA H100 80GB HBM3 MIG 1g.10gb`` -> ``1g.10gb``)."""
+    _head, sep, tail = name.rpartition(" MIG ")
+    return tail.strip() if sep else ""
 
 
 class Nvml:
     """
-    NVML for one agent. ``init()`` loads and initialises the library; ``sample()`` reads every GPU once. Field-level
-    errors drop single values (and are remembered per GPU and function, so a value NVML never supports is not
-    asked again); lifecycle errors mark the GPU down, and the next ``sample()`` initialises NVML again.
+    NVML for one agent. ``init()`` loads and initialises the library; ``sample()`` reads every GPU once. A value
+    NVML never gives on a GPU (NOT_SUPPORTED, FUNCTION_NOT_FOUND, DEPRECATED) is asked once and then left out; a
+    value it refuses this time (NO_PERMISSION, NOT_FOUND, ...) is left out of this pass only. A lifecycle error
+    marks the GPU down, and the next ``sample()`` initialises NVML again (which also finds GPUs that came back).
     """
 
-    def __init__(self, pynvml: Any = None) -> None:
+    def __init__(self, pynvml: Any = None, clock: Callable[[], float] = time.time) -> None:
         if pynvml is None:
             import pynvml as _pynvml  # the vendor binding: imported here only
 
@@ -111,9 +180,12 @@ class Nvml:
         self.initialised = False
         self.driver_version = ""
         self.cuda_version = ""
+        self.nvml_version = ""
+        self.calls = 0  # NVML calls made (bench/gpu.py reports calls per pass)
+        self._clock = clock
         self._unsupported: set[tuple[str, str]] = set()  # (gpu uuid, what) never to ask again
-        self._lock = threading.Lock()
-        self._last_process_ts: dict[str, int] = {}
+        self._links: dict[str, int] = {}  # gpu uuid -> NVLink count (0: none or not supported)
+        self._process_seen: dict[str, int] = {}  # gpu uuid -> newest per-process utilization sample (µs)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -129,22 +201,22 @@ class Nvml:
             nv.nvmlInit()
         except nv.NVMLError as exc:
             code = error_code(exc)
-            raise NvmlUnavailable(_init_reason(code, exc), code) from exc
+            raise NvmlUnavailable(init_reason(code, exc), code) from exc
         self.initialised = True
-        self.driver_version = self._call(lambda: _text(nv.nvmlSystemGetDriverVersion()), "")
-        cuda = self._call(nv.nvmlSystemGetCudaDriverVersion, 0)
+        self.driver_version = _text(self._system(nv.nvmlSystemGetDriverVersion, ""))
+        self.nvml_version = _text(self._system(nv.nvmlSystemGetNVMLVersion, ""))
+        cuda = self._system(nv.nvmlSystemGetCudaDriverVersion, 0)
         self.cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if cuda else ""
 
     def shutdown(self) -> None:
         """Release NVML (pynvml keeps the library loaded)."""
         if self.initialised:
             self.initialised = False
-            try:
+            with contextlib.suppress(self.nv.NVMLError):
                 self.nv.nvmlShutdown()
-            except self.nv.NVMLError:
-                pass
 
-    def _call(self, fn: Callable[[], _T], default: _T) -> _T:
+    def _system(self, fn: Callable[[], _T], default: _T) -> _T:
+        self.calls += 1
         try:
             return fn()
         except self.nv.NVMLError as exc:
@@ -159,12 +231,13 @@ class Nvml:
         Read every GPU once. A GPU whose calls fail with a lifecycle error is returned with ``up=False``.
 
         Raises:
-            NvmlUnavailable: NVML cannot be initialised.
+            NvmlUnavailable: NVML cannot be initialised, or the GPUs cannot be counted.
         """
         if not self.initialised:
             self.init()
         nv = self.nv
         try:
+            self.calls += 1
             count = nv.nvmlDeviceGetCount()
         except nv.NVMLError as exc:
             self.shutdown()
@@ -172,121 +245,245 @@ class Nvml:
         out: list[GpuSample] = []
         lost = False
         for index in range(count):
+            s = GpuSample(index, uuid="")
             try:
-                out.append(self._sample_gpu(index))
+                self._sample_gpu(s)
             except nv.NVMLError as exc:
-                code = error_code(exc)
-                out.append(GpuSample(index, uuid="", up=False, error=str(exc)))
-                lost = lost or code in LIFECYCLE
+                s.up, s.error = False, str(exc)
+                lost = lost or error_code(exc) in LIFECYCLE
+            out.append(s)
         if lost:
-            self.shutdown()  # re-initialised at the next pass, which also finds GPUs that came back
+            self.shutdown()  # initialised again at the next pass
         return out
 
-    def _get(self, uuid: str, what: str, fn: Callable[[], _T]) -> _T | None:
-        """One value; ``None`` if NVML does not give it here (remembered, so it is not asked again)."""
+    def _get(self, uuid: str, what: str, fn: Callable[..., _T], *args: Any) -> _T | None:
+        """One value, or ``None`` if NVML does not give it (remembered when it never will)."""
         if (uuid, what) in self._unsupported:
             return None
+        self.calls += 1
         try:
-            return fn()
+            return fn(*args)
         except self.nv.NVMLError as exc:
             code = error_code(exc)
             if code in LIFECYCLE:
                 raise
-            if code in (NOT_SUPPORTED, FUNCTION_NOT_FOUND, DEPRECATED):
+            if code in NEVER_AVAILABLE:
                 self._unsupported.add((uuid, what))
             return None
 
-    def _sample_gpu(self, index: int) -> GpuSample:
+    def _sample_gpu(self, s: GpuSample) -> None:
         nv = self.nv
-        h = nv.nvmlDeviceGetHandleByIndex(index)
-        uuid = _text(nv.nvmlDeviceGetUUID(h))
-        s = GpuSample(index, uuid)
-        g = lambda what, fn: self._get(uuid, what, fn)  # noqa: E731 - local shorthand
-        s.name = _text(g("name", lambda: nv.nvmlDeviceGetName(h)) or "")
-        pci = g("pci", lambda: nv.nvmlDeviceGetPciInfo(h))
-        s.pci_bus_id = _text(pci.busId) if pci is not None else ""
-        s.minor = g("minor", lambda: nv.nvmlDeviceGetMinorNumber(h))
-        mig = g("mig_mode", lambda: nv.nvmlDeviceGetMigMode(h))
-        mig_enabled = bool(mig and mig[0] == 1)
+        self.calls += 2
+        h = nv.nvmlDeviceGetHandleByIndex(s.index)
+        uuid = s.uuid = _text(nv.nvmlDeviceGetUUID(h))
+        g = self._get
+        s.name = _text(g(uuid, "name", nv.nvmlDeviceGetName, h) or "")
+        s.serial = _text(g(uuid, "serial", nv.nvmlDeviceGetSerial, h) or "")
+        pci = g(uuid, "pci", nv.nvmlDeviceGetPciInfo, h)
+        s.pci_bus_id = _text(pci.busId).lower() if pci is not None else ""
+        s.minor = g(uuid, "minor", nv.nvmlDeviceGetMinorNumber, h)
+        mig = g(uuid, "mig_mode", nv.nvmlDeviceGetMigMode, h)
+        mig_enabled = bool(mig and mig[0] == MIG_ENABLED)
+        compute = g(uuid, "compute_mode", nv.nvmlDeviceGetComputeMode, h)
+        persistence = g(uuid, "persistence", nv.nvmlDeviceGetPersistenceMode, h)
         s.info = {
-            "mig_mode": "enabled" if mig_enabled else ("disabled" if mig is not None else ""),
-            "compute_mode": _COMPUTE_MODES.get(g("compute_mode", lambda: nv.nvmlDeviceGetComputeMode(h)), ""),
-            "persistence_mode": {1: "enabled", 0: "disabled"}.get(
-                g("persistence", lambda: nv.nvmlDeviceGetPersistenceMode(h)), ""
-            ),
+            "mig_mode": ("enabled" if mig_enabled else "disabled") if mig is not None else "",
+            "compute_mode": _COMPUTE_MODES.get(compute, "") if compute is not None else "",
+            "persistence_mode": {1: "enabled", 0: "disabled"}.get(persistence, "") if persistence is not None else "",
         }
-        v = s.values
-        if not mig_enabled:  # NOT_SUPPORTED on a MIG-enabled parent, as on MIG devices
-            util = g("utilization", lambda: nv.nvmlDeviceGetUtilizationRates(h))
+        if not mig_enabled:  # NOT_SUPPORTED on a MIG-enabled parent and on MIG devices
+            util = g(uuid, "utilization", nv.nvmlDeviceGetUtilizationRates, h)
             if util is not None:
-                v["utilization_gpu"] = util.gpu / 100
-                v["utilization_memory"] = util.memory / 100
-        enc = g("encoder", lambda: nv.nvmlDeviceGetEncoderUtilization(h))
-        if enc is not None:
-            v["utilization_encoder"] = enc[0] / 100
-        dec = g("decoder", lambda: nv.nvmlDeviceGetDecoderUtilization(h))
-        if dec is not None:
-            v["utilization_decoder"] = dec[0] / 100
-        mem = g("memory", lambda: nv.nvmlDeviceGetMemoryInfo(h, version=nv.nvmlMemory_v2))
+                s.put("utilization", ("gpu",), util.gpu / 100)
+                s.put("utilization", ("memory",), util.memory / 100)
+        for engine, fn in (
+            ("encoder", nv.nvmlDeviceGetEncoderUtilization),
+            ("decoder", nv.nvmlDeviceGetDecoderUtilization),
+        ):
+            pair = g(uuid, engine, fn, h)
+            if pair is not None:
+                s.put("utilization", (engine,), pair[0] / 100)
+        mem = g(uuid, "memory", nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2)
         if mem is not None:
-            v["memory_total"] = float(mem.total)
-            v["memory_used"] = float(mem.used)
-            v["memory_free"] = float(mem.free)
-            v["memory_reserved"] = float(getattr(mem, "reserved", 0))
-        power = g("power", lambda: nv.nvmlDeviceGetPowerUsage(h))
+            _put_memory(s.readings, mem)
+        power = g(uuid, "power", nv.nvmlDeviceGetPowerUsage, h)
         if power is not None:
-            v["power"] = power / 1000
-        limit = g("power_limit", lambda: nv.nvmlDeviceGetEnforcedPowerLimit(h))
+            s.put("power", (), power / 1000)
+        limit = g(uuid, "power_limit", nv.nvmlDeviceGetEnforcedPowerLimit, h)
         if limit is not None:
-            v["power_limit"] = limit / 1000
-        energy = g("energy", lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h))
+            s.put("power_limit", (), limit / 1000)
+        energy = g(uuid, "energy", nv.nvmlDeviceGetTotalEnergyConsumption, h)
         if energy is not None:
-            v["energy"] = energy / 1000
-        temp = g("temperature", lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU))
+            s.put("energy", (), energy / 1000)
+        temp = g(uuid, "temperature", nv.nvmlDeviceGetTemperatureV, h, 0)
+        if temp is None:  # drivers before the versioned call
+            temp = g(uuid, "temperature_v0", nv.nvmlDeviceGetTemperature, h, 0)
         if temp is not None:
-            v["temperature"] = float(temp)
-        for name, kind in (("slowdown", 1), ("shutdown", 0), ("gpu_max", 3)):
-            t = g(f"threshold_{name}", lambda kind=kind: nv.nvmlDeviceGetTemperatureThreshold(h, kind))
-            if t is not None:
-                s.labelled[("temperature_threshold", name)] = float(t)
+            s.put("temperature", ("gpu",), float(temp))
+        for name, kind in TEMPERATURE_THRESHOLDS.items():
+            t = g(uuid, f"threshold_{name}", nv.nvmlDeviceGetTemperatureThreshold, h, kind)
+            if t is not None and t > 0:
+                s.put("temperature_threshold", (name,), float(t))
         for name, ctype in CLOCK_TYPES.items():
-            c = g(f"clock_{name}", lambda ctype=ctype: nv.nvmlDeviceGetClockInfo(h, ctype))
+            c = g(uuid, f"clock_{name}", nv.nvmlDeviceGetClockInfo, h, ctype)
             if c is not None:
-                s.labelled[("clock", name)] = c * 1e6
-            m = g(f"max_clock_{name}", lambda ctype=ctype: nv.nvmlDeviceGetMaxClockInfo(h, ctype))
+                s.put("clock", (name,), c * 1e6)
+            m = g(uuid, f"max_clock_{name}", nv.nvmlDeviceGetMaxClockInfo, h, ctype)
             if m is not None:
-                s.labelled[("max_clock", name)] = m * 1e6
-        pstate = g("pstate", lambda: nv.nvmlDeviceGetPerformanceState(h))
-        if pstate is not None:
-            v["performance_state"] = float(pstate)
-        reasons = g("clocks_event_reasons", lambda: nv.nvmlDeviceGetCurrentClocksEventReasons(h))
+                s.put("clock_max", (name,), m * 1e6)
+        pstate = g(uuid, "pstate", nv.nvmlDeviceGetPerformanceState, h)
+        if pstate is not None and pstate != 32:  # 32 = NVML_PSTATE_UNKNOWN
+            s.put("performance_state", (), float(pstate))
+        fans = g(uuid, "fans", nv.nvmlDeviceGetNumFans, h) or 0
+        for fan in range(fans):
+            speed = g(uuid, f"fan_{fan}", nv.nvmlDeviceGetFanSpeed_v2, h, fan)
+            if speed is not None:
+                s.put("fan_speed", (str(fan),), speed / 100)
+        reasons = g(uuid, "clocks_event_reasons", nv.nvmlDeviceGetCurrentClocksEventReasons, h)
         if reasons is not None:
             for name, bit in CLOCK_EVENT_REASONS.items():
-                s.labelled[("clocks_event_reason", name)] = 1.0 if reasons & bit else 0.0
-        pending = g("retired_pending", lambda: nv.nvmlDeviceGetRetiredPagesPendingStatus(h))
-        if pending is not None:
-            v["retired_pages_pending"] = float(pending)
-        remap = g("remapped_rows", lambda: nv.nvmlDeviceGetRemappedRows(h))
+                s.put("clocks_event_reason", (name,), 1.0 if reasons & bit else 0.0)
+        remap = g(uuid, "remapped_rows", nv.nvmlDeviceGetRemappedRows, h)
         if remap is not None:
-            s.labelled[("remapped_rows", "correctable")] = float(remap[0])
-            s.labelled[("remapped_rows", "uncorrectable")] = float(remap[1])
-            v["remapped_rows_pending"] = float(remap[2])
-            v["remapped_rows_failure"] = float(remap[3])
-        gen = g("pcie_gen", lambda: nv.nvmlDeviceGetCurrPcieLinkGeneration(h))
+            s.put("remapped_rows", ("correctable",), float(remap[0]))
+            s.put("remapped_rows", ("uncorrectable",), float(remap[1]))
+            s.put("remapped_rows_pending", (), float(remap[2]))
+            s.put("remapped_rows_failure", (), float(remap[3]))
+        gen = g(uuid, "pcie_gen", nv.nvmlDeviceGetCurrPcieLinkGeneration, h)
         if gen is not None:
-            v["pcie_link_generation"] = float(gen)
-        width = g("pcie_width", lambda: nv.nvmlDeviceGetCurrPcieLinkWidth(h))
+            s.put("pcie_link_generation", (), float(gen))
+        width = g(uuid, "pcie_width", nv.nvmlDeviceGetCurrPcieLinkWidth, h)
         if width is not None:
-            v["pcie_link_width"] = float(width)
-        replay = g("pcie_replay", lambda: nv.nvmlDeviceGetPcieReplayCounter(h))
-        if replay is not None:
-            v["pcie_replay"] = float(replay)
-        procs = g("processes", lambda: nv.nvmlDeviceGetComputeRunningProcesses(h)) or []
-        gfx = g("graphics_processes", lambda: nv.nvmlDeviceGetGraphicsRunningProcesses(h)) or []
-        for p in list(procs) + list(gfx):
-            used = p.usedGpuMemory if p.usedGpuMemory is not None else 0
-            s.processes.append((int(p.pid), int(used), int(p.gpuInstanceId), int(p.computeInstanceId)))
-        return s
+            s.put("pcie_link_width", (), float(width))
+        self._fields(s, h)
+        self._processes(s, h, mig_enabled)
+        if mig_enabled:
+            self._sample_mig(s, h)
+
+    def _fields(self, s: GpuSample, h: Any) -> None:
+        """The field-values batch: one nvmlDeviceGetFieldValues call per GPU (after the first pass)."""
+        uuid = s.uuid
+        links = self._links.get(uuid)
+        if links is None:  # asked once per GPU
+            got = self._field_batch(s, h, [(NVLINK_LINK_COUNT, 0)])
+            links = self._links[uuid] = int(got.get((NVLINK_LINK_COUNT, 0), 0))
+        wanted = [(fid, 0) for fid in FIELDS]
+        wanted += [(fid, link) for link in range(links) for fid in NVLINK_FIELDS]
+        got = self._field_batch(s, h, wanted)
+        for (fid, scope), value in got.items():
+            if fid in FIELDS:
+                suffix, labels, scale = FIELDS[fid]
+            else:
+                suffix, kind, scale = NVLINK_FIELDS[fid]
+                labels = (str(scope), kind) if kind else (str(scope),)
+            s.put(suffix, labels, value * scale)
+
+    def _field_batch(self, s: GpuSample, h: Any, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+        nv = self.nv
+        uuid = s.uuid
+        ask = [w for w in wanted if (uuid, f"field_{w[0]}_{w[1]}") not in self._unsupported]
+        if not ask or (uuid, "field_values") in self._unsupported:
+            return {}
+        values = self._get(uuid, "field_values", nv.nvmlDeviceGetFieldValues, h, ask)
+        if values is None:
+            return {}
+        out: dict[tuple[int, int], float] = {}
+        for want, fv in zip(ask, values, strict=True):
+            ret = int(fv.nvmlReturn)
+            if ret == 0:
+                out[want] = field_value(fv)
+            elif ret in LIFECYCLE:
+                raise nv.NVMLError(ret)
+            elif ret in NEVER_AVAILABLE:
+                self._unsupported.add((uuid, f"field_{want[0]}_{want[1]}"))
+        return out
+
+    def _processes(self, s: GpuSample, h: Any, mig_enabled: bool) -> None:
+        nv = self.nv
+        uuid = s.uuid
+        for graphics, what, fn in (
+            (False, "processes", nv.nvmlDeviceGetComputeRunningProcesses),
+            (True, "graphics_processes", nv.nvmlDeviceGetGraphicsRunningProcesses),
+        ):
+            for p in g_list(self._get(uuid, what, fn, h)):
+                gi = int(p.gpuInstanceId) if p.gpuInstanceId != NOT_MIG else None
+                ci = int(p.computeInstanceId) if p.computeInstanceId != NOT_MIG else None
+                used = int(p.usedGpuMemory) if p.usedGpuMemory is not None else None
+                s.processes.append(GpuProcess(int(p.pid), used, gi, ci, graphics))
+        if mig_enabled or not s.processes:
+            return  # per-process utilization is not supported under MIG; nothing to ask about without processes
+        since = self._process_seen.get(uuid)
+        if since is None:
+            since = int((self._clock() - 1.0) * 1e6)  # the first pass: the last second only
+        samples = self._get(uuid, "process_utilization", nv.nvmlDeviceGetProcessUtilization, h, since)
+        newest = since
+        for u in g_list(samples):
+            ts = int(u.timeStamp)
+            if ts <= since:
+                continue
+            newest = max(newest, ts)
+            pid = int(u.pid)
+            current = (u.smUtil / 100, u.memUtil / 100, u.encUtil / 100, u.decUtil / 100)
+            previous = s.process_utilization.get(pid, current)
+            # Several samples of one pid in the window: keep the largest (the busiest moment since the last pass).
+            s.process_utilization[pid] = (
+                max(previous[0], current[0]),
+                max(previous[1], current[1]),
+                max(previous[2], current[2]),
+                max(previous[3], current[3]),
+            )
+        self._process_seen[uuid] = newest
+
+    def _sample_mig(self, s: GpuSample, h: Any) -> None:
+        nv = self.nv
+        uuid = s.uuid
+        slots = self._get(uuid, "mig_max", nv.nvmlDeviceGetMaxMigDeviceCount, h) or 0
+        for slot in range(slots):
+            self.calls += 1
+            try:
+                m = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, slot)
+            except nv.NVMLError as exc:
+                if error_code(exc) in LIFECYCLE:
+                    raise
+                continue  # an empty slot (NOT_FOUND / INVALID_ARGUMENT)
+            mig_uuid = _text(self._get(uuid, f"mig_{slot}_uuid", nv.nvmlDeviceGetUUID, m) or "")
+            name = _text(self._get(uuid, f"mig_{slot}_name", nv.nvmlDeviceGetName, m) or "")
+            gi = self._get(uuid, f"mig_{slot}_gi", nv.nvmlDeviceGetGpuInstanceId, m)
+            ci = self._get(uuid, f"mig_{slot}_ci", nv.nvmlDeviceGetComputeInstanceId, m)
+            if gi is None or ci is None:
+                continue
+            sample = MigSample(mig_uuid, int(gi), int(ci), name, mig_profile(name))
+            mem = self._get(uuid, f"mig_{slot}_memory", nv.nvmlDeviceGetMemoryInfo, m, nv.nvmlMemory_v2)
+            if mem is not None:
+                _put_memory(sample.readings, mem)
+            s.mig.append(sample)
+
+
+def g_list(value: Any) -> list[Any]:
+    """A pynvml list result, or an empty list for ``None``."""
+    return list(value) if value is not None else []
+
+
+def field_value(fv: Any) -> float:
+    """The value of one ``c_nvmlFieldValue_t`` by its ``valueType`` (nvmlValueType_t)."""
+    v = fv.value
+    t = int(fv.valueType)
+    if t == 0:
+        return float(v.dVal)
+    attr = _VALUE_TYPES.get(t)
+    if attr is None:
+        raise ValueError(f"NVML field {fv.fieldId}: unknown value type {t}")
+    return float(getattr(v, attr))
+
+
+_VALUE_TYPES = {1: "uiVal", 2: "ulVal", 3: "ullVal", 4: "sllVal", 5: "siVal", 6: "usVal"}
+
+
+def _put_memory(readings: Readings, mem: Any) -> None:
+    for key in ("total", "used", "free", "reserved"):
+        value = getattr(mem, key, None)
+        if value is not None:
+            readings.setdefault(f"memory_{key}", {})[()] = float(value)
 
 
 _COMPUTE_MODES = {0: "default", 1: "exclusive_thread", 2: "prohibited", 3: "exclusive_process"}
@@ -296,7 +493,8 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
-def _init_reason(code: int | None, exc: BaseException) -> str:
+def init_reason(code: int | None, exc: BaseException) -> str:
+    """Why NVML could not be initialised, in words a person can act on."""
     if code == LIBRARY_NOT_FOUND:
         return "libnvidia-ml.so.1 not found (no NVIDIA driver on this host, or not mounted into the agent's container)"
     if code == DRIVER_NOT_LOADED:
@@ -306,3 +504,78 @@ def _init_reason(code: int | None, exc: BaseException) -> str:
     if code == LIB_RM_VERSION_MISMATCH:
         return "libnvidia-ml does not match the loaded kernel driver (driver upgraded without a reboot?)"
     return f"nvmlInit failed: {exc}"
+
+
+@dataclass(frozen=True, slots=True)
+class XidEvent:
+    """One critical Xid error as NVML's event set delivered it."""
+
+    uuid: str
+    xid: int
+    gpu_instance: int | None
+    compute_instance: int | None
+    time: float
+
+
+def watch_xids(
+    on_xid: Callable[[XidEvent], None],
+    stop: threading.Event,
+    pynvml: Any = None,
+    wait_ms: int = 1000,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """
+    One session of the Xid watch, on the caller's (dedicated) thread: register every GPU that supports critical
+    Xid events in a new event set and hand each event to ``on_xid`` until ``stop`` is set. The session holds an
+    NVML reference of its own, so the sampling pass may shut down and initialise again meanwhile.
+    ``nvmlEventSetWait`` blocks in C (ctypes releases the GIL) for at most ``wait_ms``; a timeout is normal.
+
+    Raises:
+        NVMLError: NVML failed (GPU lost, driver gone, no event support at all); the caller retries with backoff.
+    """
+    if pynvml is None:
+        import pynvml as _pynvml
+
+        pynvml = _pynvml
+    nv = pynvml
+    nv.nvmlInit()
+    try:
+        event_set = nv.nvmlEventSetCreate()
+        try:
+            registered = 0
+            for index in range(nv.nvmlDeviceGetCount()):
+                h = nv.nvmlDeviceGetHandleByIndex(index)
+                try:
+                    if nv.nvmlDeviceGetSupportedEventTypes(h) & XID_CRITICAL_ERROR:
+                        nv.nvmlDeviceRegisterEvents(h, XID_CRITICAL_ERROR, event_set)
+                        registered += 1
+                except nv.NVMLError as exc:
+                    if error_code(exc) in LIFECYCLE:
+                        raise
+            if not registered:
+                raise nv.NVMLError(NOT_SUPPORTED)  # nothing to wait for: the caller backs off and asks again
+            while not stop.is_set():
+                try:
+                    data = nv.nvmlEventSetWait(event_set, wait_ms)
+                except nv.NVMLError as exc:
+                    if error_code(exc) == TIMEOUT:
+                        continue  # nothing happened in the last wait
+                    raise
+                if not data.eventType & XID_CRITICAL_ERROR:
+                    continue
+                gi, ci = int(data.gpuInstanceId), int(data.computeInstanceId)
+                on_xid(
+                    XidEvent(
+                        _text(nv.nvmlDeviceGetUUID(data.device)),
+                        int(data.eventData),
+                        gi if gi != NOT_MIG else None,
+                        ci if ci != NOT_MIG else None,
+                        clock(),
+                    )
+                )
+        finally:
+            with contextlib.suppress(nv.NVMLError):
+                nv.nvmlEventSetFree(event_set)
+    finally:
+        with contextlib.suppress(nv.NVMLError):
+            nv.nvmlShutdown()

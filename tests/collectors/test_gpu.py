@@ -73,7 +73,7 @@ async def test_values_equal_the_scenario(double: Path) -> None:
     assert (util[(*g0, "gpu")], util[(*g0, "memory")]) == (0.87, 0.41)
     assert rows(families, "nodeagent_gpu_power_watts")[g0] == 412.345
     assert rows(families, "nodeagent_gpu_energy_joules_total")[g0] == 9_876_543.21
-    assert rows(families, "nodeagent_gpu_temperature_celsius")[g0] == 66
+    assert rows(families, "nodeagent_gpu_temperature_celsius")[(*g0, "gpu")] == 66
     assert rows(families, "nodeagent_gpu_memory_used_bytes")[g0] == 40 << 30
     info = [labels for f in families if f.name == "nodeagent_gpu_info" for labels, _ in f.samples]
     assert info[0][2] == "NVIDIA H100 80GB HBM3" and info[0][5] == "550.54.15" and info[0][6] == "12.4"
