@@ -190,7 +190,12 @@ class GpuCollector:
             raise
         if gpus is None:  # NVML went away after GPUs had been seen: report them down
             gpus = [GpuSample(i, u, up=False) for i, u in sorted(self._uuids.items())]
-        return self._families(gpus, allocations)
+        families = self._families(gpus, allocations)
+        if self._cfg.xid_events and self._watcher is None and self._uuids:
+            # Started once the first pass named the GPUs and their workloads, which Xid events refer to.
+            self._watcher = threading.Thread(target=self._watch_xids, name="nodeagent-nvml-xid", daemon=True)
+            self._watcher.start()
+        return families
 
     async def _allocations(self) -> list[DeviceAllocation]:
         meta = self._resolver.metadata
@@ -214,9 +219,9 @@ class GpuCollector:
                 self._log.debug("gpu.nvml_unavailable", message=exc.reason)
                 return None
             raise NoDataError(exc.reason, NO_DRIVER_HINT) from exc
-        if self._cfg.xid_events and self._watcher is None:
-            self._watcher = threading.Thread(target=self._watch_xids, name="nodeagent-nvml-xid", daemon=True)
-            self._watcher.start()
+        for s in gpus:
+            if s.uuid:
+                self._uuids[s.index] = s.uuid  # before the Xid watcher starts: its events are named by index
         return gpus
 
     # --- Xid events (their own thread: nvmlEventSetWait blocks in C) ------------------------------------
@@ -229,6 +234,8 @@ class GpuCollector:
                 watch_xids(self._count_xid, self._stop, nv)
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive a driver hiccup
+                if self._stop.is_set():
+                    break
                 self._log.debug("gpu.xid_watch_failed", message=f"Xid event watch stopped: {exc}; retrying")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
@@ -254,8 +261,6 @@ class GpuCollector:
         processes: dict[tuple[str, ...], float] = {}
         attributed = _Attribution()
         for s in gpus:
-            if s.uuid:
-                self._uuids[s.index] = s.uuid
             key = (str(s.index), s.uuid or self._uuids.get(s.index, ""))
             up.append((key, 1.0 if s.up else 0.0))
             if not s.up:
@@ -373,8 +378,11 @@ class GpuCollector:
         ]
 
     async def aclose(self) -> None:
-        """Shut NVML down on its thread and stop the threads (without waiting for a stuck call)."""
+        """Stop the Xid watcher (its wait returns within a second) and shut NVML down on its thread (without
+        waiting for a stuck call)."""
         self._stop.set()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.join, 2.0)
         if self._nvml is not None:
             nvml = self._nvml
             with contextlib.suppress(RuntimeError):  # the executor is already shut down

@@ -182,6 +182,7 @@ class Nvml:
         self.cuda_version = ""
         self.nvml_version = ""
         self.calls = 0  # NVML calls made (bench/gpu.py reports calls per pass)
+        self.inits = 0  # successful initialisations (the first, and one after each lifecycle error or overrun)
         self._clock = clock
         self._unsupported: set[tuple[str, str]] = set()  # (gpu uuid, what) never to ask again
         self._links: dict[str, int] = {}  # gpu uuid -> NVLink count (0: none or not supported)
@@ -203,6 +204,7 @@ class Nvml:
             code = error_code(exc)
             raise NvmlUnavailable(init_reason(code, exc), code) from exc
         self.initialised = True
+        self.inits += 1
         self.driver_version = _text(self._system(nv.nvmlSystemGetDriverVersion, ""))
         self.nvml_version = _text(self._system(nv.nvmlSystemGetNVMLVersion, ""))
         cuda = self._system(nv.nvmlSystemGetCudaDriverVersion, 0)
@@ -316,7 +318,7 @@ class Nvml:
         if energy is not None:
             s.put("energy", (), energy / 1000)
         temp = g(uuid, "temperature", nv.nvmlDeviceGetTemperatureV, h, 0)
-        if temp is None:  # drivers before the versioned call
+        if temp is None and (uuid, "temperature") in self._unsupported:  # drivers before the versioned call
             temp = g(uuid, "temperature_v0", nv.nvmlDeviceGetTemperature, h, 0)
         if temp is not None:
             s.put("temperature", ("gpu",), float(temp))
