@@ -293,6 +293,10 @@ class GpuCollector:
                 for suffix, values in m.readings.items():
                     if suffix in MIG_MEMORY:
                         rows.setdefault("mig_" + suffix, []).extend(((*mkey, *lb), v) for lb, v in values.items())
+            if not s.mig:  # zero rows too, so "no processes" is a value and not an absence
+                processes[(*key, "", "")] = 0.0
+            for m in s.mig:
+                processes[(*key, str(m.gpu_instance), str(m.compute_instance))] = 0.0
             for p in _unique(s.processes):
                 pkey = (*key, _id(p.gpu_instance), _id(p.compute_instance))
                 processes[pkey] = processes.get(pkey, 0.0) + 1

@@ -250,6 +250,7 @@ async def test_a_value_never_supported_is_not_asked_again_but_a_refused_one_is(d
     assert "nodeagent_gpu_power_watts" not in {f.name for f in first}
     assert rows(first, "nodeagent_gpu_temperature_celsius") == {}
     assert rows(first, "nodeagent_gpu_up") == {g(0): 1.0}
+    assert rows(first, "nodeagent_gpu_processes") == {(*g(0), "", ""): 0.0}  # none running is a value
     assert rows(first, "nodeagent_gpu_memory_used_bytes") and rows(first, "nodeagent_gpu_energy_joules_total")
     # NOT_SUPPORTED is remembered: power is not asked again. NO_PERMISSION was for that pass only.
     assert "nodeagent_gpu_power_watts" not in {f.name for f in second}
@@ -473,7 +474,7 @@ async def test_mig_instances_memory_and_processes(double: Path, cgroups: TestCgr
     # NVML does not give utilization rates (or per-process utilization) on a MIG-enabled GPU.
     assert {k[2] for k in rows(families, "nodeagent_gpu_utilization_ratio")} == {"encoder", "decoder"}
     assert "nodeagent_gpu_workload_utilization_ratio" not in {f.name for f in families}
-    assert rows(families, "nodeagent_gpu_processes") == {(*g(0), "7", "0"): 1}
+    assert rows(families, "nodeagent_gpu_processes") == {(*g(0), "7", "0"): 1, (*g(0), "2", "0"): 0}
     wl = cgroups.id(rel)
     assert rows(families, "nodeagent_gpu_workload_memory_used_bytes") == {
         (*g(0), "7", "0", wl, "", "", "", "", ""): float(2 << 30)
