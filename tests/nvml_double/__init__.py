@@ -2,7 +2,7 @@
 
 The real ``pynvml`` (PyPI nvidia-ml-py) loads it through its ordinary ctypes path, so tests exercise the same
 symbol lookups, struct layouts and error mapping as on a GPU node. Values come from a scenario file
-(``scenario.Scenario``) named by ``NODEAGENT_FAKE_NVML_SCENARIO``. Two ways to load it:
+(``scenario.Scenario``) named by ``NVML_DOUBLE_SCENARIO``. Two ways to load it:
 
 * another process: ``subprocess_env(lib_dir, scenario_path)`` sets ``LD_LIBRARY_PATH`` (read by glibc at process
   start, so it only works for a new process) and the scenario variable;

@@ -4,7 +4,7 @@
  * It contains no NVIDIA code. Every symbol name, argument list and struct layout below was taken from the
  * public Python binding nvidia-ml-py 13.615.71 (module pynvml, ctypes declarations) and written here by hand;
  * no NVIDIA header is included. It reads no GPU: every value comes from a scenario text file whose path is in
- * the environment variable NODEAGENT_FAKE_NVML_SCENARIO (format: tests/nvml_double/README.md), re-read
+ * the environment variable NVML_DOUBLE_SCENARIO (format: tests/nvml_double/README.md), re-read
  * whenever the file's identity, size or times change, so a test can change values, lose a GPU and restore it
  * while the process under test keeps running.
  *
@@ -208,7 +208,7 @@ _Static_assert(NVML_TEMPERATURE_V1 == 0x0100000Cu, "nvmlTemperature_v1 = 0x01000
 
 /* ---- scenario model ---------------------------------------------------------------------------------- */
 
-#define SCENARIO_ENV "NODEAGENT_FAKE_NVML_SCENARIO"
+#define SCENARIO_ENV "NVML_DOUBLE_SCENARIO"
 #define MAX_GPUS 16
 #define MAX_MIG 8
 #define MAX_PROCS 256

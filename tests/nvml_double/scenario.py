@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCENARIO_ENV = "NODEAGENT_FAKE_NVML_SCENARIO"
+SCENARIO_ENV = "NVML_DOUBLE_SCENARIO"
 
 GiB = 1 << 30
 MiB = 1 << 20

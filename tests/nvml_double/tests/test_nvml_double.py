@@ -721,7 +721,7 @@ def test_unknown_keys_are_reported_once_on_stderr(lib_dir: Path, scenario_path: 
         "pynvml.nvmlInit()\n"
         "h = pynvml.nvmlDeviceGetHandleByIndex(0)\n"
         "print(pynvml.nvmlDeviceGetTemperature(h, 0))\n"
-        "p = pathlib.Path(os.environ['NODEAGENT_FAKE_NVML_SCENARIO'])\n"
+        "p = pathlib.Path(os.environ['NVML_DOUBLE_SCENARIO'])\n"
         "p.write_text(p.read_text() + '# changed\\n')  # parsed again: each problem still reported once\n"
         "print(pynvml.nvmlDeviceGetTemperature(h, 0))\n"
     )
