@@ -21,7 +21,7 @@ from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec
 from nodeagent.collectors.cgroups import BASE_LABELS
 from nodeagent.metrics import MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
-from nodeagent.sources.nvml import GpuProcess, GpuSample, Nvml, NvmlUnavailable, XidEvent, watch_xids
+from nodeagent.sources.nvml import GpuProcess, GpuSample, Nvml, NvmlUnavailable, XidEvent, init_hint, watch_xids
 from nodeagent.workloads import Workload, WorkloadResolver
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ GPU_LABELS = ("gpu", "uuid")
 INSTANCE_LABELS = ("gpu_instance", "compute_instance")
 MIG_LABELS = (*GPU_LABELS, *INSTANCE_LABELS, "profile")
 WORKLOAD_LABELS = (*GPU_LABELS, *INSTANCE_LABELS, *BASE_LABELS)
-NO_DRIVER_HINT = "install the NVIDIA driver, or mount it and /dev/nvidia* into the agent's container"
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +46,8 @@ FAMILIES: dict[str, _Family] = {
     "utilization": _Family(
         "nodeagent_gpu_utilization_ratio",
         "gauge",
-        "Fraction of NVML's last sample period (1/6 s to 1 s) an engine was busy; absent on MIG-enabled GPUs.",
+        "Fraction of NVML's last sample period (1/6 s to 1 s) an engine was busy (gpu and memory are absent on "
+        "MIG-enabled GPUs).",
         ("engine",),
     ),
     "memory_total": _Family("nodeagent_gpu_memory_total_bytes", "gauge", "Framebuffer memory in total."),
@@ -170,6 +170,7 @@ class GpuCollector:
         # Workloads last seen per (gpu uuid, gpu instance or None): what an Xid event names as affected.
         self._gpu_workloads: dict[tuple[str, int | None], list[Workload]] = {}
         self._watcher: threading.Thread | None = None
+        self._xid_gpus = 0  # GPUs the Xid watch is subscribed to now
         self._stop = threading.Event()
 
     async def collect(self) -> Sequence[MetricFamily]:
@@ -218,10 +219,10 @@ class GpuCollector:
             if self._uuids:
                 self._log.debug("gpu.nvml_unavailable", message=exc.reason)
                 return None
-            raise NoDataError(exc.reason, NO_DRIVER_HINT) from exc
-        for s in gpus:
-            if s.uuid:
-                self._uuids[s.index] = s.uuid  # before the Xid watcher starts: its events are named by index
+            raise NoDataError(exc.reason, init_hint(exc.code)) from exc
+        uuids = dict(self._uuids)
+        uuids.update((s.index, s.uuid) for s in gpus if s.uuid)
+        self._uuids = uuids  # swapped whole: the Xid thread reads it
         return gpus
 
     # --- Xid events (their own thread: nvmlEventSetWait blocks in C) ------------------------------------
@@ -229,16 +230,25 @@ class GpuCollector:
     def _watch_xids(self) -> None:
         backoff = 1.0
         nv = self._nvml.nv if self._nvml is not None else None
+        failing = ""
         while not self._stop.is_set():
             try:
-                watch_xids(self._count_xid, self._stop, nv)
+                watch_xids(self._count_xid, self._stop, nv, on_registered=self._xid_registered)
                 backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive a driver hiccup
+                self._xid_gpus = 0
                 if self._stop.is_set():
                     break
-                self._log.debug("gpu.xid_watch_failed", message=f"Xid event watch stopped: {exc}; retrying")
+                reason = f"{type(exc).__name__}: {exc}"
+                # Warn when the watch breaks (or breaks differently); repeats of one failure go to debug.
+                log = self._log.debug if reason == failing else self._log.warning
+                log("gpu.xid_watch_failed", message=f"Xid event watch stopped ({reason}); retrying in {backoff:g}s")
+                failing = reason
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _xid_registered(self, count: int) -> None:
+        self._xid_gpus = count
 
     def _count_xid(self, event: XidEvent) -> None:
         index = next((str(i) for i, u in self._uuids.items() if u == event.uuid), "")
@@ -369,16 +379,28 @@ class GpuCollector:
     def _xid_families(self) -> list[MetricFamily]:
         with self._xid_lock:
             xids = tuple(((i, u, x), float(n)) for (i, u, x), n in sorted(self._xids.items()))
+        out = []
+        if self._watcher is not None:
+            out.append(
+                MetricFamily(
+                    "nodeagent_gpu_xid_watch_gpus",
+                    "gauge",
+                    "GPUs whose critical Xid events the agent is subscribed to (0 while the watch is down).",
+                    (),
+                    (((), float(self._xid_gpus)),),
+                )
+            )
         if not xids:
-            return []
+            return out
         return [
+            *out,
             MetricFamily(
                 "nodeagent_gpu_xid_errors_total",
                 "counter",
                 "Critical Xid errors the driver reported, by Xid (a counter of every event, not the last value).",
                 (*GPU_LABELS, "xid"),
                 xids,
-            )
+            ),
         ]
 
     async def aclose(self) -> None:
@@ -475,8 +497,8 @@ class _Attribution:
                 MetricFamily(
                     "nodeagent_gpu_workload_utilization_ratio",
                     "gauge",
-                    "A workload's share of a GPU engine since the last cycle (NVML per-process utilization; "
-                    "the busiest sample of each process, summed per workload; not available under MIG).",
+                    "A workload's use of a GPU engine since the last cycle: the busiest NVML per-process sample of "
+                    "each of its processes, summed and capped at 1 (not available under MIG).",
                     (*WORKLOAD_LABELS, "engine"),
                     tuple(self.util.items()),
                 )

@@ -187,6 +187,7 @@ class Nvml:
         self._unsupported: set[tuple[str, str]] = set()  # (gpu uuid, what) never to ask again
         self._links: dict[str, int] = {}  # gpu uuid -> NVLink count (0: none or not supported)
         self._process_seen: dict[str, int] = {}  # gpu uuid -> newest per-process utilization sample (µs)
+        self._mismatch: type[Exception] = getattr(pynvml, "NVMLLibraryMismatchError", _NeverRaised)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -205,6 +206,8 @@ class Nvml:
             raise NvmlUnavailable(init_reason(code, exc), code) from exc
         self.initialised = True
         self.inits += 1
+        self._unsupported.clear()  # a new driver, or a reset GPU, may answer what the old one did not
+        self._links.clear()
         self.driver_version = _text(self._system(nv.nvmlSystemGetDriverVersion, ""))
         self.nvml_version = _text(self._system(nv.nvmlSystemGetNVMLVersion, ""))
         cuda = self._system(nv.nvmlSystemGetCudaDriverVersion, 0)
@@ -272,6 +275,10 @@ class Nvml:
             if code in NEVER_AVAILABLE:
                 self._unsupported.add((uuid, what))
             return None
+        except self._mismatch:
+            # pynvml's wrapper for a versioned symbol the driver lacks (not an NVMLError): never there.
+            self._unsupported.add((uuid, what))
+            return None
 
     def _sample_gpu(self, s: GpuSample) -> None:
         nv = self.nv
@@ -282,7 +289,7 @@ class Nvml:
         s.name = _text(g(uuid, "name", nv.nvmlDeviceGetName, h) or "")
         s.serial = _text(g(uuid, "serial", nv.nvmlDeviceGetSerial, h) or "")
         pci = g(uuid, "pci", nv.nvmlDeviceGetPciInfo, h)
-        s.pci_bus_id = _text(pci.busId).lower() if pci is not None else ""
+        s.pci_bus_id = _text(pci.busId) if pci is not None else ""  # as nvidia-smi and dcgm-exporter print it
         s.minor = g(uuid, "minor", nv.nvmlDeviceGetMinorNumber, h)
         mig = g(uuid, "mig_mode", nv.nvmlDeviceGetMigMode, h)
         mig_enabled = bool(mig and mig[0] == MIG_ENABLED)
@@ -306,6 +313,8 @@ class Nvml:
             if pair is not None:
                 s.put("utilization", (engine,), pair[0] / 100)
         mem = g(uuid, "memory", nv.nvmlDeviceGetMemoryInfo, h, nv.nvmlMemory_v2)
+        if mem is None and (uuid, "memory") in self._unsupported:  # drivers before the v2 struct: no "reserved"
+            mem = g(uuid, "memory_v1", nv.nvmlDeviceGetMemoryInfo, h)
         if mem is not None:
             _put_memory(s.readings, mem)
         power = g(uuid, "power", nv.nvmlDeviceGetPowerUsage, h)
@@ -461,6 +470,10 @@ class Nvml:
             s.mig.append(sample)
 
 
+class _NeverRaised(Exception):
+    """Stands in for pynvml's NVMLLibraryMismatchError where a binding lacks it."""
+
+
 def g_list(value: Any) -> list[Any]:
     """A pynvml list result, or an empty list for ``None``."""
     return list(value) if value is not None else []
@@ -495,6 +508,15 @@ def _text(value: Any) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
 
 
+def init_hint(code: int | None) -> str:
+    """What a person can do about an NVML start-up failure."""
+    if code == NO_PERMISSION:
+        return "give the agent access to /dev/nvidia* (privileged, or the devices added to its container)"
+    if code == LIB_RM_VERSION_MISMATCH:
+        return "reboot, or reload the nvidia kernel modules, so the driver matches its library"
+    return "install the NVIDIA driver, or mount it and /dev/nvidia* into the agent's container"
+
+
 def init_reason(code: int | None, exc: BaseException) -> str:
     """Why NVML could not be initialised, in words a person can act on."""
     if code == LIBRARY_NOT_FOUND:
@@ -525,11 +547,13 @@ def watch_xids(
     pynvml: Any = None,
     wait_ms: int = 1000,
     clock: Callable[[], float] = time.time,
+    on_registered: Callable[[int], None] | None = None,
 ) -> None:
     """
     One session of the Xid watch, on the caller's (dedicated) thread: register every GPU that supports critical
     Xid events in a new event set and hand each event to ``on_xid`` until ``stop`` is set. The session holds an
-    NVML reference of its own, so the sampling pass may shut down and initialise again meanwhile.
+    NVML reference of its own, so the sampling pass may shut down and initialise again meanwhile. ``on_registered``
+    learns how many GPUs the session subscribed.
     ``nvmlEventSetWait`` blocks in C (ctypes releases the GIL) for at most ``wait_ms``; a timeout is normal.
 
     Raises:
@@ -556,6 +580,8 @@ def watch_xids(
                         raise
             if not registered:
                 raise nv.NVMLError(NOT_SUPPORTED)  # nothing to wait for: the caller backs off and asks again
+            if on_registered is not None:
+                on_registered(registered)
             while not stop.is_set():
                 try:
                     data = nv.nvmlEventSetWait(event_set, wait_ms)

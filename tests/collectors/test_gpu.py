@@ -257,6 +257,18 @@ async def test_a_value_never_supported_is_not_asked_again_but_a_refused_one_is(d
     assert rows(second, "nodeagent_gpu_temperature_celsius") == {(*g(0), "gpu"): 31}
 
 
+async def test_memory_falls_back_to_the_v1_call_on_drivers_without_v2(double: Path) -> None:
+    Scenario(gpus=[Gpu(mem_used=1 << 30, errors={"nvmlDeviceGetMemoryInfo_v2": 13})]).write(
+        double
+    )  # FUNCTION_NOT_FOUND
+    [families] = await passes(make())
+    total = rows(families, "nodeagent_gpu_memory_total_bytes")[g(0)]
+    used = rows(families, "nodeagent_gpu_memory_used_bytes")[g(0)]
+    assert used == (1 << 30) + Gpu().mem_reserved  # v1 counts the reserved memory as used
+    assert rows(families, "nodeagent_gpu_memory_free_bytes")[g(0)] == total - used
+    assert "nodeagent_gpu_memory_reserved_bytes" not in {f.name for f in families}
+
+
 async def test_field_entry_errors_drop_only_their_field(double: Path) -> None:
     fields = [Field(197, 10), Field(82, 50)]
     Scenario(gpus=[Gpu(fields=fields, field_errors=[FieldError(198, NO_PERMISSION)])]).write(double)
@@ -426,6 +438,7 @@ async def test_xid_errors_are_counted_and_logged_once_each(double: Path) -> None
     finally:
         await c.aclose()
     assert rows(families, "nodeagent_gpu_xid_errors_total") == {(*g(1), "48"): 1.0, (*g(1), "79"): 2.0}
+    assert rows(families, "nodeagent_gpu_xid_watch_gpus") == {(): 2.0}  # both GPUs subscribed
     assert rows(again, "nodeagent_gpu_xid_errors_total") == rows(families, "nodeagent_gpu_xid_errors_total")
     events = [e for e in logged if e.get("event.action") == "gpu_xid"]
     assert sorted(e["nodeagent.gpu.xid"] for e in events) == [48, 79, 79]

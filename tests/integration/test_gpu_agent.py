@@ -159,7 +159,7 @@ def test_values_equal_the_scenario_and_an_xid_is_counted_and_logged_once(
             {
                 "gpu": "1",
                 "uuid": UUID1,
-                "pci_bus_id": "00000000:2a:00.0",
+                "pci_bus_id": "00000000:2A:00.0",
                 "device": "nvidia1",
                 "serial": "1654922000001",
                 **common,
