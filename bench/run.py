@@ -462,7 +462,8 @@ the two are scraped one after the other, alternating which goes first. nodeagent
             "per workload cgroup is measured by `bench/cgroups.py`: [performance-cgroups.md](performance-cgroups.md);",
             "the cost of container runtime metadata by `bench/runtimes.py`: "
             "[performance-runtimes.md](performance-runtimes.md); the network collectors by `bench/network.py`: "
-            "[performance-network.md](performance-network.md).",
+            "[performance-network.md](performance-network.md); the gpu collector over the NVML test double by "
+            "`bench/gpu.py`: [performance-gpu.md](performance-gpu.md).",
             "",
             "## Result",
             "",

@@ -157,6 +157,16 @@ class GpuSample:
         return self.readings.get(suffix, {}).get(labels)
 
 
+@dataclass(slots=True)
+class _Static:
+    name: str
+    serial: str
+    pci_bus_id: str
+    minor: int | None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    max_clocks: dict[str, float] = field(default_factory=dict)
+
+
 def mig_profile(name: str) -> str:
     """The MIG profile in a MIG device's name (``NVIDIA H100 80GB HBM3 MIG 1g.10gb`` -> ``1g.10gb``)."""
     _head, sep, tail = name.rpartition(" MIG ")
@@ -186,6 +196,9 @@ class Nvml:
         self._clock = clock
         self._unsupported: set[tuple[str, str]] = set()  # (gpu uuid, what) never to ask again
         self._links: dict[str, int] = {}  # gpu uuid -> NVLink count (0: none or not supported)
+        self._bad_fields: set[tuple[str, int, int]] = set()  # (gpu uuid, field id, scope) never available
+        self._ask: dict[str, list[tuple[int, int]]] = {}  # gpu uuid -> the field-values request
+        self._static: dict[str, _Static] = {}  # gpu uuid -> what is read once per initialisation
         self._process_seen: dict[str, int] = {}  # gpu uuid -> newest per-process utilization sample (µs)
         self._mismatch: type[Exception] = getattr(pynvml, "NVMLLibraryMismatchError", _NeverRaised)
 
@@ -206,8 +219,9 @@ class Nvml:
             raise NvmlUnavailable(init_reason(code, exc), code) from exc
         self.initialised = True
         self.inits += 1
-        self._unsupported.clear()  # a new driver, or a reset GPU, may answer what the old one did not
-        self._links.clear()
+        # A new driver, or a reset GPU, may answer what the old one did not.
+        for cache in (self._unsupported, self._bad_fields, self._links, self._ask, self._static):
+            cache.clear()
         self.driver_version = _text(self._system(nv.nvmlSystemGetDriverVersion, ""))
         self.nvml_version = _text(self._system(nv.nvmlSystemGetNVMLVersion, ""))
         cuda = self._system(nv.nvmlSystemGetCudaDriverVersion, 0)
@@ -286,11 +300,14 @@ class Nvml:
         h = nv.nvmlDeviceGetHandleByIndex(s.index)
         uuid = s.uuid = _text(nv.nvmlDeviceGetUUID(h))
         g = self._get
-        s.name = _text(g(uuid, "name", nv.nvmlDeviceGetName, h) or "")
-        s.serial = _text(g(uuid, "serial", nv.nvmlDeviceGetSerial, h) or "")
-        pci = g(uuid, "pci", nv.nvmlDeviceGetPciInfo, h)
-        s.pci_bus_id = _text(pci.busId) if pci is not None else ""  # as nvidia-smi and dcgm-exporter print it
-        s.minor = g(uuid, "minor", nv.nvmlDeviceGetMinorNumber, h)
+        st = self._static.get(uuid)
+        if st is None:
+            st = self._static[uuid] = self._read_static(uuid, h)
+        s.name, s.serial, s.pci_bus_id, s.minor = st.name, st.serial, st.pci_bus_id, st.minor
+        for name, value in st.thresholds.items():
+            s.put("temperature_threshold", (name,), value)
+        for name, value in st.max_clocks.items():
+            s.put("clock_max", (name,), value)
         mig = g(uuid, "mig_mode", nv.nvmlDeviceGetMigMode, h)
         mig_enabled = bool(mig and mig[0] == MIG_ENABLED)
         compute = g(uuid, "compute_mode", nv.nvmlDeviceGetComputeMode, h)
@@ -331,17 +348,10 @@ class Nvml:
             temp = g(uuid, "temperature_v0", nv.nvmlDeviceGetTemperature, h, 0)
         if temp is not None:
             s.put("temperature", ("gpu",), float(temp))
-        for name, kind in TEMPERATURE_THRESHOLDS.items():
-            t = g(uuid, f"threshold_{name}", nv.nvmlDeviceGetTemperatureThreshold, h, kind)
-            if t is not None and t > 0:
-                s.put("temperature_threshold", (name,), float(t))
         for name, ctype in CLOCK_TYPES.items():
             c = g(uuid, f"clock_{name}", nv.nvmlDeviceGetClockInfo, h, ctype)
             if c is not None:
                 s.put("clock", (name,), c * 1e6)
-            m = g(uuid, f"max_clock_{name}", nv.nvmlDeviceGetMaxClockInfo, h, ctype)
-            if m is not None:
-                s.put("clock_max", (name,), m * 1e6)
         pstate = g(uuid, "pstate", nv.nvmlDeviceGetPerformanceState, h)
         if pstate is not None and pstate != 32:  # 32 = NVML_PSTATE_UNKNOWN
             s.put("performance_state", (), float(pstate))
@@ -371,6 +381,27 @@ class Nvml:
         if mig_enabled:
             self._sample_mig(s, h)
 
+    def _read_static(self, uuid: str, h: Any) -> _Static:
+        """What does not change while the driver stays loaded: read once per GPU and initialisation."""
+        nv = self.nv
+        g = self._get
+        pci = g(uuid, "pci", nv.nvmlDeviceGetPciInfo, h)
+        st = _Static(
+            name=_text(g(uuid, "name", nv.nvmlDeviceGetName, h) or ""),
+            serial=_text(g(uuid, "serial", nv.nvmlDeviceGetSerial, h) or ""),
+            pci_bus_id=_text(pci.busId) if pci is not None else "",  # as nvidia-smi and dcgm-exporter print it
+            minor=g(uuid, "minor", nv.nvmlDeviceGetMinorNumber, h),
+        )
+        for name, kind in TEMPERATURE_THRESHOLDS.items():
+            t = g(uuid, f"threshold_{name}", nv.nvmlDeviceGetTemperatureThreshold, h, kind)
+            if t is not None and t > 0:
+                st.thresholds[name] = float(t)
+        for name, ctype in CLOCK_TYPES.items():
+            m = g(uuid, f"max_clock_{name}", nv.nvmlDeviceGetMaxClockInfo, h, ctype)
+            if m is not None:
+                st.max_clocks[name] = m * 1e6
+        return st
+
     def _fields(self, s: GpuSample, h: Any) -> None:
         """The field-values batch: one nvmlDeviceGetFieldValues call per GPU (after the first pass)."""
         uuid = s.uuid
@@ -378,9 +409,11 @@ class Nvml:
         if links is None:  # asked once per GPU
             got = self._field_batch(s, h, [(NVLINK_LINK_COUNT, 0)])
             links = self._links[uuid] = int(got.get((NVLINK_LINK_COUNT, 0), 0))
-        wanted = [(fid, 0) for fid in FIELDS]
-        wanted += [(fid, link) for link in range(links) for fid in NVLINK_FIELDS]
-        got = self._field_batch(s, h, wanted)
+        ask = self._ask.get(uuid)
+        if ask is None:  # built once per GPU; rebuilt when a field turns out never to be available
+            ask = [(fid, 0) for fid in FIELDS] + [(fid, link) for link in range(links) for fid in NVLINK_FIELDS]
+            ask = self._ask[uuid] = [w for w in ask if (uuid, *w) not in self._bad_fields]
+        got = self._field_batch(s, h, ask)
         for (fid, scope), value in got.items():
             if fid in FIELDS:
                 suffix, labels, scale = FIELDS[fid]
@@ -389,10 +422,9 @@ class Nvml:
                 labels = (str(scope), kind) if kind else (str(scope),)
             s.put(suffix, labels, value * scale)
 
-    def _field_batch(self, s: GpuSample, h: Any, wanted: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
+    def _field_batch(self, s: GpuSample, h: Any, ask: list[tuple[int, int]]) -> dict[tuple[int, int], float]:
         nv = self.nv
         uuid = s.uuid
-        ask = [w for w in wanted if (uuid, f"field_{w[0]}_{w[1]}") not in self._unsupported]
         if not ask or (uuid, "field_values") in self._unsupported:
             return {}
         values = self._get(uuid, "field_values", nv.nvmlDeviceGetFieldValues, h, ask)
@@ -406,7 +438,8 @@ class Nvml:
             elif ret in LIFECYCLE:
                 raise nv.NVMLError(ret)
             elif ret in NEVER_AVAILABLE:
-                self._unsupported.add((uuid, f"field_{want[0]}_{want[1]}"))
+                self._bad_fields.add((uuid, *want))
+                self._ask.pop(uuid, None)
         return out
 
     def _processes(self, s: GpuSample, h: Any, mig_enabled: bool) -> None:
