@@ -47,6 +47,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import structlog  # noqa: E402
 
+from bench.cgroups import changed_values  # noqa: E402
+from bench.run import quantile  # noqa: E402
 from nodeagent.collector import CollectorContext  # noqa: E402
 from nodeagent.collectors.gpu import GpuCollector, GpuConfig  # noqa: E402
 from nodeagent.exposition import FamilyRenderer  # noqa: E402
@@ -224,20 +226,6 @@ def series_by_family(families: Sequence[MetricFamily]) -> dict[str, int]:
     return {f.name: len(f.samples) for f in families}
 
 
-def moved(families: Sequence[MetricFamily], k: int) -> list[MetricFamily]:
-    """The same series with every value changed (integral values stay integral, others stay fractional)."""
-    return [
-        MetricFamily(
-            f.name,
-            f.type,
-            f.help,
-            f.labelnames,
-            tuple((labels, v + k if float(v).is_integer() else v + k * 1e-3) for labels, v in f.samples),
-        )
-        for f in families
-    ]
-
-
 def make_collector(xid_events: bool) -> GpuCollector:
     """The collector as the agent builds it (one shared resolver on the host's /proc and cgroup tree)."""
     paths = HostPaths()
@@ -274,7 +262,7 @@ async def cycles(
         c1, w1 = cpu(), wall()
         chunk = sampled.render(families)
         c2 = cpu()
-        other = moved(families, k + 1)
+        other = changed_values(families, k + 1)
         c3 = cpu()
         changed.render(other)
         c4 = cpu()
@@ -510,15 +498,6 @@ def child(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------------
 # Figures and report (parent)
-
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated quantile (the 'inclusive' method: the sample minimum is q=0, the maximum q=1)."""
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
 def figures(raw: dict[str, Any], args: argparse.Namespace, workers: int, cgroups: bool) -> dict[str, Any]:

@@ -12,8 +12,7 @@ from pathlib import Path
 
 from nodeagent.hostfs import HostPaths
 from tests.integration.cgroups_helpers import TEST_PREFIX
-from tests.nvml_double.build import CompilerMissing, build
-from tests.prereq import missing
+from tests.nvml_double import build_or_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCH = REPO_ROOT / "bench" / "gpu.py"
@@ -30,11 +29,7 @@ PER_GPU_WORKLOAD = 6
 
 
 def _lib_dir() -> Path:
-    try:
-        return build()
-    except CompilerMissing as exc:
-        missing(f"gcc to build the NVML test double ({exc})")
-        raise
+    return build_or_missing()
 
 
 def _leftovers(pid: int) -> list[str]:

@@ -28,8 +28,7 @@ from nodeagent.sources.podresources import DeviceAllocation, PodResourcesClient
 from nodeagent.workloads import WorkloadResolver
 from tests.doubles.podresources import ContainerAlloc, DeviceAlloc, PodAlloc, PodResourcesDouble, typical_allocations
 from tests.integration.cgroups_helpers import TestCgroups
-from tests.nvml_double import SCENARIO_ENV, loaded_into_pynvml
-from tests.nvml_double.build import CompilerMissing, build
+from tests.nvml_double import SCENARIO_ENV, build_or_missing, loaded_into_pynvml
 from tests.nvml_double.scenario import (
     GPU_IS_LOST,
     NO_PERMISSION,
@@ -52,11 +51,7 @@ SLEEPER = "print('ready', flush=True); import time; time.sleep(60)"
 
 @pytest.fixture(scope="module")
 def lib_dir() -> Path:
-    try:
-        return build()
-    except CompilerMissing as exc:
-        missing(f"gcc to build the NVML test double ({exc})")
-        raise
+    return build_or_missing()
 
 
 @pytest.fixture

@@ -17,10 +17,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 
 from tests.integration.agent_proc import AgentProcess, free_port, http_get, started_process, wait_until
-from tests.nvml_double import SCENARIO_ENV, Field, Gpu, Scenario, Xid, gpu_uuid, subprocess_env
-from tests.nvml_double.build import LIBRARY_NAME, CompilerMissing, build
+from tests.nvml_double import SCENARIO_ENV, Field, Gpu, Scenario, Xid, build_or_missing, gpu_uuid, subprocess_env
+from tests.nvml_double.build import LIBRARY_NAME
 from tests.nvml_double.scenario import DRIVER_NOT_LOADED, GPU_IS_LOST, H100_MEM_TOTAL
-from tests.prereq import missing
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,7 @@ FAST = ("--set", "collectors.gpu.interval=0.5s", "--set", "jitter=1ms")
 
 @pytest.fixture(scope="module")
 def lib_dir() -> Path:
-    try:
-        return build()
-    except CompilerMissing as exc:
-        missing(f"gcc to build the NVML test double ({exc})")
-        raise
+    return build_or_missing()
 
 
 @pytest.fixture

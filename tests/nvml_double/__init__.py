@@ -51,11 +51,23 @@ __all__ = [
     "ValueType",
     "Xid",
     "build",
+    "build_or_missing",
     "gpu_uuid",
     "loaded_into_pynvml",
     "mig_uuid",
     "subprocess_env",
 ]
+
+
+def build_or_missing() -> Path:
+    """The compiled double; without gcc the calling test skips, or fails under ``CI=true`` (``tests.prereq``)."""
+    from tests.prereq import missing
+
+    try:
+        return build()
+    except CompilerMissing as exc:
+        missing(f"gcc to build the NVML test double ({exc})")
+        raise
 
 
 def subprocess_env(lib_dir: Path, scenario_path: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -12,21 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.nvml_double import Gpu, Process, Scenario, build, gpu_uuid, subprocess_env
-from tests.nvml_double.build import CompilerMissing
+from tests.nvml_double import Gpu, Process, Scenario, build_or_missing, gpu_uuid, subprocess_env
 from tests.nvml_double.scenario import H100_MEM_TOTAL, H100_NAME, SCENARIO_ENV
-from tests.prereq import missing
 from tests.real_gpu import capture, checks
 from tests.real_gpu.child import UNAVAILABLE, ProbeResult, real_env, run_probe
 
 
 @pytest.fixture(scope="module")
 def lib_dir() -> Path:
-    try:
-        return build()
-    except CompilerMissing as exc:
-        missing(f"gcc to build the NVML test double ({exc})")
-        raise
+    return build_or_missing()
 
 
 def test_probe_runs_against_the_double(lib_dir: Path, tmp_path: Path) -> None:
