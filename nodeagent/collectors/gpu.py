@@ -234,8 +234,9 @@ class GpuCollector:
         while not self._stop.is_set():
             try:
                 watch_xids(self._count_xid, self._stop, nv, on_registered=self._xid_registered)
-                backoff = 1.0
             except Exception as exc:  # noqa: BLE001 - the watcher must outlive a driver hiccup
+                if self._xid_gpus:
+                    backoff = 1.0  # the session had been subscribed: start the backoff over
                 self._xid_gpus = 0
                 if self._stop.is_set():
                     break
@@ -295,9 +296,7 @@ class GpuCollector:
             for suffix, values in s.readings.items():
                 bucket = rows.setdefault(suffix, [])
                 bucket.extend(((*key, *labels), value) for labels, value in values.items())
-            profiles: dict[tuple[int, int], str] = {}
             for m in s.mig:
-                profiles[(m.gpu_instance, m.compute_instance)] = m.profile
                 mkey = (*key, str(m.gpu_instance), str(m.compute_instance), m.profile)
                 mig_info.append(((*mkey, m.uuid, m.name), 1.0))
                 for suffix, values in m.readings.items():
