@@ -20,6 +20,7 @@ from nodeagent import __version__
 from nodeagent.collector import Collector, CollectorContext
 from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig
+from nodeagent.events import EVENTS
 from nodeagent.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -31,6 +32,7 @@ from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily, counter, gauge
 from nodeagent.runtimes import build_metadata
 from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
+from nodeagent.ship.shipper import Shipper
 from nodeagent.workloads import WorkloadResolver
 
 
@@ -52,8 +54,9 @@ class FailedCollector:
 class Agent:
     """One agent: its collectors' runners and states, the exposition, and the scheduler."""
 
-    def __init__(self, cfg: AgentConfig, names: Sequence[str] | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, names: Sequence[str] | None = None, shipper: Shipper | None = None) -> None:
         self.cfg = cfg
+        self.shipper = shipper
         self.paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs, cfg.paths.cgroupfs)
         self.names = list(names if names is not None else cfg.enabled_collectors())
         self.states = {
@@ -119,7 +122,11 @@ class Agent:
             for reason, count in st.failures.items():
                 failures.add((name, reason), count)
             series.add(key, st.series)
-        return [b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series)]
+        out = [b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series)]
+        out += EVENTS.families()
+        if self.shipper is not None:
+            out += self.shipper.families()
+        return out
 
     def missing_roots(self) -> list[str]:
         """One message per configured host root that is not a directory (a mount missing in a container)."""
@@ -144,11 +151,15 @@ def build_app(agent: Agent) -> web.Application:
     app = web.Application()
 
     async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
+        if agent.shipper is not None:
+            agent.shipper.start()
         agent.metadata.start()
         agent.scheduler.start()
         yield
         await agent.scheduler.stop()
         await agent.metadata.aclose()
+        if agent.shipper is not None:
+            await agent.shipper.aclose()
 
     app.cleanup_ctx.append(lifecycle)
 

@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from importlib.metadata import version as dist_version
@@ -26,6 +27,7 @@ from nodeagent.agent import Agent, build_app
 from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option
 from nodeagent.doctor import run_doctor
+from nodeagent.ship.shipper import Shipper, build_shipper
 
 EXIT_CONFIG = 2
 
@@ -68,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         f"for NAME in {', '.join(COLLECTORS)}.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
     # A fixed usage line: argparse (3.11) asserts when it wraps a long one with mutually exclusive groups, as the
     # one generated from every --collector.NAME switch is.
     def usage(command: str) -> str:
@@ -121,9 +124,9 @@ def _split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve(cfg: AgentConfig) -> int:
+async def _serve(cfg: AgentConfig, shipper: Shipper | None = None) -> int:
     log = structlog.get_logger()
-    agent = Agent(cfg)
+    agent = Agent(cfg, shipper=shipper)
     runner = web.AppRunner(build_app(agent), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_host_port(cfg.listen)
@@ -186,7 +189,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     # once and doctor keep stdout for their output; the daemon logs to stdout as containers expect.
     log_stream = sys.stdout if args.command == "run" else sys.stderr
-    logs.configure(cfg.log.level if args.command == "run" else "warning", cfg.log.format, log_stream)
+    shipper = None
+    if args.command == "run":
+        try:
+            shipper = build_shipper(cfg.logs.ship, structlog.get_logger())
+        except (OSError, ssl.SSLError) as exc:
+            print(f"nodeagent: logs.ship: cannot start shipping: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    logs.configure(
+        cfg.log.level if args.command == "run" else "warning",
+        cfg.log.format,
+        log_stream,
+        sink=shipper.submit if shipper is not None else None,
+    )
     if args.command == "config":
         print(f"{args.file}: valid\n---")
         print(dump(cfg), end="")
@@ -197,4 +212,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "doctor":
         return asyncio.run(run_doctor(cfg, sys.stdout))
-    return asyncio.run(_serve(cfg))
+    return asyncio.run(_serve(cfg, shipper))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
@@ -199,6 +199,88 @@ def _collectors_model() -> type[BaseModel]:
 CollectorsConfig = _collectors_model()
 
 
+class ShipTlsConfig(BaseModel):
+    """TLS to the log receivers: the server is verified against ``ca_file`` (or the system CAs)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    ca_file: str = ""  # CA bundle to verify the server with; empty: the system's
+    cert_file: str = ""  # client certificate, for inputs that require one
+    key_file: str = ""
+    verify: bool = True  # verify the server's certificate and name (turn off only in a lab)
+    server_name: str = ""  # the name to verify instead of the host's
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str) -> str:
+        if value and not os.access(value, os.R_OK):
+            raise ValueError(f"{value}: no such readable file")
+        return value
+
+    @model_validator(mode="after")
+    def _pair(self) -> ShipTlsConfig:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class ShipConfig(BaseModel):
+    """Shipping logs and node events to Logstash; without ``hosts`` records go to stdout only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: Literal["beats", "http", "tcp"] = "beats"
+    # beats and tcp: host:port; http: the URL of Logstash's http input. Several: failover in order.
+    hosts: tuple[str, ...] = ()
+    spool_dir: str = "/var/lib/nodeagent/spool"  # empty: spool in memory only (lost on restart)
+    spool_max_bytes: int = Field(256 << 20, ge=1 << 20)
+    memory_max_bytes: int = Field(16 << 20, ge=1 << 20)
+    batch_max: int = Field(2048, ge=1)  # the largest window (records per batch)
+    timeout: Duration = 30.0  # no ACK (or keepalive) for this long: the connection is dropped and retried
+    # beats: no ACK that moves forward for this long, keepalives or not (a stuck Logstash pipeline): fail over.
+    progress_timeout: Duration = 300.0
+    backoff_initial: Duration = 1.0
+    backoff_max: Duration = 60.0
+    sync_interval: Duration = 0.5  # how often the spool is written and fsynced
+    compression_level: int = Field(3, ge=0, le=9)  # beats: zlib level of the compressed frame (0: none)
+    tls: ShipTlsConfig = ShipTlsConfig()
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_absolute(cls, value: str) -> str:
+        if value and not value.startswith("/"):
+            raise ValueError("expected an absolute path (or empty for a memory-only spool)")
+        return value
+
+    @model_validator(mode="after")
+    def _hosts_match_protocol(self) -> ShipConfig:
+        for host in self.hosts:
+            if self.protocol == "http":
+                if not re.match(r"^https?://[^/\s]+", host):
+                    raise ValueError(f"hosts: {host!r} is not an http(s) URL (the http protocol posts to a URL)")
+            else:
+                _host_port(host)
+        if self.backoff_initial > self.backoff_max:
+            raise ValueError("backoff_initial is longer than backoff_max")
+        return self
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"hosts: {value!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+class LogsConfig(BaseModel):
+    """Where logs and node events go besides stdout."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ship: ShipConfig = ShipConfig()
+
+
 class AgentConfig(BaseModel):
     """The whole configuration, frozen after validation."""
 
@@ -210,6 +292,7 @@ class AgentConfig(BaseModel):
     jitter: Duration = 1.0
     paths: PathsConfig = PathsConfig()
     log: LogConfig = LogConfig()
+    logs: LogsConfig = LogsConfig()
     runtimes: RuntimesConfig = RuntimesConfig()
     kubelet: KubeletConfig = KubeletConfig()
     collectors: CollectorsConfig = Field(default_factory=CollectorsConfig)  # type: ignore[valid-type]

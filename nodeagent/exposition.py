@@ -143,10 +143,24 @@ class FamilyRenderer:
             text_parts.append(text_header)
             text_parts.append(body)
             om_parts.append(om_header)
-            om_parts.append(body)
+            om_parts.append(_with_exemplars(family, lines) if family.exemplars else body)
         self._families = new_families
         self._headers = headers
         return RenderedChunk("".join(text_parts), "".join(om_parts), series)
+
+
+def _with_exemplars(family: MetricFamily, lines: list[str]) -> str:
+    """The OpenMetrics body of a family whose samples carry exemplars (``value # {trace_id="..."} v ts``)."""
+    exemplars = family.exemplars or {}
+    out = []
+    for (labelvalues, _value), line in zip(family.samples, lines, strict=True):
+        ex = exemplars.get(labelvalues)
+        if ex is None:
+            out.append(line)
+            continue
+        ts = "" if ex.timestamp is None else f" {ex.timestamp:.3f}"
+        out.append(f'{line[:-1]} # {{trace_id="{escape_label_value(ex.trace_id)}"}} {format_value(ex.value)}{ts}\n')
+    return "".join(out)
 
 
 def negotiate(accept: str | None) -> bool:

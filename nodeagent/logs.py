@@ -1,10 +1,11 @@
 """
 Structured logging: structlog, one JSON object per line on stdout, Elastic Common Schema names.
 
-Every record carries ``@timestamp`` (UTC), ``log.level``, ``message``, ``ecs.version``,
-``service.name``, ``service.version`` and ``host.name``; records inside a collection cycle also carry
-that cycle's ``trace.id`` and ``span.id`` (bound through contextvars by the scheduler).
-``--log-format console`` renders the same events for a person at a terminal.
+Every record carries ``@timestamp`` (UTC), ``log.level``, ``message``, ``ecs.version``, ``service.*``,
+``host.{name,hostname,id}``, ``agent.*``, ``data_stream.*`` and a unique ``event.id``; records inside a collection
+cycle also carry that cycle's ``trace.id`` and ``span.id`` (bound through contextvars by the scheduler), node events
+(``nodeagent.events``) their own. With shipping configured (``logs.ship``) each record is also handed to the spool
+with ``@metadata._id`` set to its event id. ``--log-format console`` renders the same records for a person.
 """
 
 from __future__ import annotations
@@ -12,15 +13,19 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import socket
 import sys
 import traceback
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from nodeagent import __version__
+from nodeagent.events import NODE_EVENT_KEY, new_event_id
+from nodeagent.ship import PRIORITY_EVENT, PRIORITY_LOG, PRIORITY_LOG_PROBLEM
 
 ECS_VERSION = "8.11.0"
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -54,17 +59,54 @@ def _ecs_error(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
-def _static_fields(hostname: str) -> Processor:
-    fields = {
+def _machine_id() -> str:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path) as f:
+                value = f.read().strip()
+        except OSError:
+            continue
+        if value:
+            return value
+    return ""
+
+
+# One id per agent process (ECS agent.ephemeral_id).
+_EPHEMERAL_ID = secrets.token_hex(16)
+
+
+def static_fields(hostname: str) -> dict[str, Any]:
+    """The ECS fields every record of this process carries."""
+    host_id = _machine_id()
+    fields: dict[str, Any] = {
         "ecs.version": ECS_VERSION,
         "service.name": "nodeagent",
         "service.version": __version__,
+        "service.type": "nodeagent",
         "host.name": hostname,
+        "host.hostname": hostname,
+        "agent.name": "nodeagent",
+        "agent.type": "nodeagent",
+        "agent.version": __version__,
+        "agent.ephemeral_id": _EPHEMERAL_ID,
+        "data_stream.type": "logs",
+        "data_stream.namespace": "default",
     }
+    if host_id:
+        fields["host.id"] = host_id
+        fields["agent.id"] = host_id
+    return fields
+
+
+def _static_fields(hostname: str) -> Processor:
+    fields = static_fields(hostname)
 
     def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
         for key, value in fields.items():
             event.setdefault(key, value)
+        # Node events go to their own data stream dataset; the agent's own records to nodeagent.log.
+        event.setdefault("data_stream.dataset", event.get("event.dataset") or "nodeagent.log")
+        event.setdefault("event.id", new_event_id())
         return event
 
     return add
@@ -93,10 +135,81 @@ def _render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
         return json.dumps(_finite(event), default=_json_default, allow_nan=False, separators=(",", ":"))
 
 
+# A record's spool priority: node events last to be dropped, the agent's debug/info records first.
+def _priority(event: EventDict) -> int:
+    if event.get(NODE_EVENT_KEY) == "event":
+        return PRIORITY_EVENT
+    return PRIORITY_LOG_PROBLEM if event.get("log.level") in ("warning", "error", "critical") else PRIORITY_LOG
+
+
+def shipped_copy(line: str, event_id: str) -> bytes:
+    """
+    The record as shipped: the rendered line with ``@metadata._id`` = its event id in front, which Logstash keeps
+    out of the stored document and its Elasticsearch output can use as the document id (a re-sent record then
+    overwrites itself instead of being stored twice).
+    """
+    return f'{{"@metadata":{{"_id":"{event_id}"}},{line[1:]}'.encode()
+
+
+Sink = Callable[[bytes, int], object]
+
+
+def _ship_json(sink: Sink) -> Processor:
+    """The JSON renderer that also hands each record, with its priority, to ``sink`` (which must not block)."""
+
+    def render(logger: WrappedLogger, method: str, event: EventDict) -> str:
+        line = _render_json(logger, method, event)
+        sink(shipped_copy(line, str(event["event.id"])), _priority(event))
+        return line
+
+    return render
+
+
+def _name_and_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """``log.info("ship.failed", message="...")``: the text is the message, the name goes to ``nodeagent.log.event``."""
+    if "message" in event and "event" in event:
+        event["nodeagent.log.event"] = event["event"]
+        event["event"] = event.pop("message")
+    return event
+
+
+def _ecs_chain(hostname: str) -> list[Processor]:
+    return [
+        _ecs_level,
+        _ecs_error,
+        _static_fields(hostname),
+        _name_and_message,
+        structlog.processors.EventRenamer("message"),
+    ]
+
+
+def _ship_tap(sink: Sink, hostname: str) -> Processor:
+    """For console output: ship an ECS JSON copy of each record, leave the record itself to the console renderer."""
+    chain = _ecs_chain(hostname)
+
+    def tap(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        copy = dict(event)
+        for processor in chain:
+            copy = processor(logger, method, copy)  # type: ignore[assignment]
+        line = _render_json(logger, method, copy)
+        sink(shipped_copy(line, str(copy["event.id"])), _priority(copy))
+        return event
+
+    return tap
+
+
 def configure(
-    level: str = "info", fmt: str = "json", stream: TextIO | None = None, hostname: str | None = None
+    level: str = "info",
+    fmt: str = "json",
+    stream: TextIO | None = None,
+    hostname: str | None = None,
+    sink: Sink | None = None,
 ) -> None:
-    """Configure structlog once for the process."""
+    """
+    Configure structlog once for the process. With ``sink``, every record is also handed over as shipped JSON
+    bytes with its spool priority (``nodeagent.ship``): ``sink`` is called on the logging thread and must not block.
+    """
+    host = hostname or socket.gethostname()
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
@@ -104,17 +217,12 @@ def configure(
     renderer: list[Processor]
     if fmt == "console":
         renderer = [
+            *([_ship_tap(sink, host)] if sink is not None else []),
             structlog.processors.add_log_level,
             structlog.dev.ConsoleRenderer(colors=False),
         ]
     else:
-        renderer = [
-            _ecs_level,
-            _ecs_error,
-            _static_fields(hostname or socket.gethostname()),
-            structlog.processors.EventRenamer("message"),
-            _render_json,
-        ]
+        renderer = [*_ecs_chain(host), _ship_json(sink) if sink is not None else _render_json]
     structlog.configure(
         processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

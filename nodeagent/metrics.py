@@ -8,6 +8,7 @@ Names are the sample names as scraped: counters end in ``_total`` and info famil
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,18 @@ class MetricDefinitionError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class Exemplar:
+    """
+    An OpenMetrics exemplar on a counter sample: the trace id of the event that last moved it, so a dashboard
+    can jump from the metric to that event's log records. Rendered only in the OpenMetrics format.
+    """
+
+    trace_id: str
+    value: float = 1.0
+    timestamp: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MetricFamily:
     """One metric family with its samples, immutable once built."""
 
@@ -32,6 +45,8 @@ class MetricFamily:
     help: str
     labelnames: LabelValues
     samples: tuple[Sample, ...]
+    # Counter samples' exemplars, by label values (OpenMetrics only).
+    exemplars: Mapping[LabelValues, Exemplar] | None = None
 
 
 class FamilyBuilder:

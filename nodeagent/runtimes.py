@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from nodeagent.events import emit
 from nodeagent.scheduler import new_trace_ids
 from nodeagent.sources.runtime_model import ContainerEvent, ContainerRecord, RuntimeClient, RuntimeUnavailable
 
@@ -377,15 +378,15 @@ class RuntimeMetadata:
     # --- events ------------------------------------------------------------------------------------------
 
     def _log_event(self, event: ContainerEvent, record: ContainerRecord | None) -> None:
-        trace_id, span_id = new_trace_ids()
         fields = container_event_fields(event, record, self.label_allowlist)
-        fields["trace.id"], fields["span.id"] = trace_id, span_id
         what = record.name if record is not None and record.name else event.container_id[:12]
         if record is not None and record.pod_name:
             what = f"{record.pod_namespace}/{record.pod_name}/{record.container_name or 'sandbox'}"
         verb = "started" if event.action == "start" else "stopped"
         tail = f" (exit code {event.exit_code})" if event.exit_code is not None else ""
-        self.log.info(f"container {what} {verb}{tail}", **fields)
+        emit(
+            self.log, f"container_{event.action}", f"container {what} {verb}{tail}", fields, trace_id=new_trace_ids()[0]
+        )
 
 
 def _reason(exc: BaseException) -> str:
@@ -411,12 +412,6 @@ def container_event_fields(
     """ECS fields (with Beats' ``kubernetes.*`` names beside ECS ``orchestrator.*``) of a start or stop event."""
     start = event.action == "start"
     fields: dict[str, Any] = {
-        "event.kind": "event",
-        "event.category": ["process"],
-        "event.type": ["start"] if start else ["end"],
-        "event.action": f"container_{event.action}",
-        "event.module": "nodeagent",
-        "event.dataset": "nodeagent.container",
         "container.id": event.container_id,
     }
     if event.time:

@@ -34,6 +34,7 @@ from nodeagent.collector import (
     NoDataError,
     Regex,
 )
+from nodeagent.events import emit, workload_fields
 from nodeagent.hostfs import ParseError
 from nodeagent.metrics import LabelValues, MetricFamily, MetricType, Sample
 from nodeagent.sources.cgroupfs import (
@@ -1008,44 +1009,19 @@ _T = TypeVar("_T")
 
 
 def oom_event_fields(w: Workload, count: int, delta: int) -> dict[str, Any]:
-    """ECS fields of one OOM-kill event (empty fields left out)."""
-    fields: dict[str, Any] = {
-        "event.kind": "event",
-        "event.category": ["process"],
-        "event.type": ["end"],
-        "event.action": "oom_kill",
-        "event.module": "nodeagent",
-        "event.dataset": "nodeagent.workload",
-        "nodeagent.workload.kind": w.kind,
-        "nodeagent.workload.id": w.id,
+    """The ECS fields of one OOM-kill event beyond its categorisation (``events.EVENT_TYPES``); empty ones left out."""
+    return {
+        **workload_fields(w),
         "nodeagent.oom_kill.count": count,
         "nodeagent.oom_kill.new": delta,
     }
-    optional = {
-        "container.id": w.container_id,
-        "container.name": w.name,
-        "container.image.name": w.image,
-        "container.runtime": w.runtime if w.kind == "container" else "",
-        "kubernetes.pod.uid": w.pod_uid,
-        "kubernetes.pod.name": w.pod,
-        "kubernetes.namespace": w.namespace,
-        "kubernetes.container.name": w.container,
-        "orchestrator.type": "kubernetes" if w.pod_uid else "",
-        "systemd.unit": w.service,
-        "slurm.job.id": w.slurm_job,
-        "slurm.step.id": w.slurm_step,
-        "user.id": w.slurm_uid,
-        "nodeagent.workload.vm": w.vm,
-    }
-    fields.update({k: v for k, v in optional.items() if v})
-    return fields
 
 
 def log_oom_event(log: structlog.typing.FilteringBoundLogger, w: Workload, count: int, delta: int) -> None:
     """Log one structured OOM-kill event for workload ``w`` (the cycle's trace.id comes from contextvars)."""
     what = f"{w.kind} {w.id}"
     kills = "kill" if delta == 1 else "kills"
-    log.warning(f"{delta} OOM {kills} in {what} (total {count})", **oom_event_fields(w, count, delta))
+    emit(log, "oom_kill", f"{delta} OOM {kills} in {what} (total {count})", oom_event_fields(w, count, delta))
 
 
 SPEC = CollectorSpec(

@@ -19,7 +19,8 @@ import structlog
 
 from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, NoDataError
 from nodeagent.collectors.cgroups import BASE_LABELS
-from nodeagent.metrics import MetricFamily, MetricType, Sample
+from nodeagent.events import emit, workload_fields
+from nodeagent.metrics import Exemplar, LabelValues, MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
 from nodeagent.sources.nvml import GpuProcess, GpuSample, Nvml, NvmlUnavailable, XidEvent, init_hint, watch_xids
 from nodeagent.workloads import Workload, WorkloadResolver
@@ -167,6 +168,7 @@ class GpuCollector:
         self._uuids: dict[int, str] = {}  # index -> uuid of GPUs seen, so a lost GPU keeps its labels
         self._xids: dict[tuple[str, str, str], int] = {}  # (gpu index, uuid, xid) -> count
         self._xid_lock = threading.Lock()
+        self._xid_exemplars: dict[LabelValues, Exemplar] = {}  # the trace id of the last event of each
         # Workloads last seen per (gpu uuid, gpu instance or None): what an Xid event names as affected.
         self._gpu_workloads: dict[tuple[str, int | None], list[Workload]] = {}
         self._watcher: threading.Thread | None = None
@@ -254,12 +256,13 @@ class GpuCollector:
     def _count_xid(self, event: XidEvent) -> None:
         index = next((str(i) for i, u in self._uuids.items() if u == event.uuid), "")
         key = (index, event.uuid, str(event.xid))
-        with self._xid_lock:
-            self._xids[key] = self._xids.get(key, 0) + 1
         workloads = self._gpu_workloads.get((event.uuid, event.gpu_instance)) or self._gpu_workloads.get(
             (event.uuid, None), []
         )
-        log_xid_event(self._log, index, event, workloads)
+        trace_id = log_xid_event(self._log, index, event, workloads)
+        with self._xid_lock:
+            self._xids[key] = self._xids.get(key, 0) + 1
+            self._xid_exemplars[key] = Exemplar(trace_id, 1.0, event.time)
 
     # --- families ----------------------------------------------------------------------------------------------
 
@@ -378,6 +381,7 @@ class GpuCollector:
     def _xid_families(self) -> list[MetricFamily]:
         with self._xid_lock:
             xids = tuple(((i, u, x), float(n)) for (i, u, x), n in sorted(self._xids.items()))
+            exemplars: dict[LabelValues, Exemplar] = dict(self._xid_exemplars)
         out = []
         if self._watcher is not None:
             out.append(
@@ -399,6 +403,7 @@ class GpuCollector:
                 "Critical Xid errors the driver reported, by Xid (a counter of every event, not the last value).",
                 (*GPU_LABELS, "xid"),
                 xids,
+                exemplars,
             ),
         ]
 
@@ -556,13 +561,7 @@ def allocation_rows(
 def xid_event_fields(index: str, event: XidEvent, workloads: list[Workload]) -> dict[str, Any]:
     """ECS fields of one Xid event; the GPU's workloads (from the last pass) name what it may have hit."""
     fields: dict[str, Any] = {
-        "event.kind": "event",
-        "event.category": ["host", "driver"],
-        "event.type": ["error"],
-        "event.action": "gpu_xid",
         "event.code": str(event.xid),
-        "event.module": "nodeagent",
-        "event.dataset": "nodeagent.gpu",
         "nodeagent.gpu.index": index,
         "nodeagent.gpu.uuid": event.uuid,
         "nodeagent.gpu.xid": event.xid,
@@ -572,17 +571,7 @@ def xid_event_fields(index: str, event: XidEvent, workloads: list[Workload]) -> 
     if event.compute_instance is not None:
         fields["nodeagent.gpu.compute_instance"] = event.compute_instance
     if workloads:
-        w = workloads[0]
-        fields["nodeagent.workload.id"] = w.id
-        optional = {
-            "container.id": w.container_id,
-            "container.name": w.name,
-            "kubernetes.pod.name": w.pod,
-            "kubernetes.namespace": w.namespace,
-            "kubernetes.container.name": w.container,
-            "slurm.job.id": w.slurm_job,
-        }
-        fields.update({k: v for k, v in optional.items() if v})
+        fields.update(workload_fields(workloads[0]))
         if len(workloads) > 1:
             fields["nodeagent.gpu.workloads"] = [x.id for x in workloads]
     return fields
@@ -590,12 +579,10 @@ def xid_event_fields(index: str, event: XidEvent, workloads: list[Workload]) -> 
 
 def log_xid_event(
     log: structlog.typing.FilteringBoundLogger, index: str, event: XidEvent, workloads: list[Workload]
-) -> None:
-    """Log one Xid error as it arrives, with a fresh trace id."""
-    trace_id, span_id = new_trace_ids()
-    fields = xid_event_fields(index, event, workloads)
-    fields["trace.id"], fields["span.id"] = trace_id, span_id
-    log.error(f"GPU {index} ({event.uuid}) reported Xid {event.xid}", **fields)
+) -> str:
+    """Log one Xid error as it arrives, with a fresh trace id (returned)."""
+    message = f"GPU {index} ({event.uuid}) reported Xid {event.xid}"
+    return emit(log, "gpu_xid", message, xid_event_fields(index, event, workloads), trace_id=new_trace_ids()[0])
 
 
 SPEC = CollectorSpec(

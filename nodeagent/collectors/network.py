@@ -20,6 +20,7 @@ import structlog
 
 from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, NoDataError, Regex
 from nodeagent.collectors.cgroups import BASE_LABELS
+from nodeagent.events import emit
 from nodeagent.metrics import MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
 from nodeagent.sources import netlink
@@ -491,14 +492,8 @@ def _first_pid(directory: str) -> int | None:
 
 
 def link_event_fields(link: Link, old_state: str, new_state: str, is_up: bool) -> dict[str, Any]:
-    """ECS fields of a link up/down event."""
+    """The ECS fields of a link up/down event beyond its categorisation (``events.EVENT_TYPES``)."""
     fields: dict[str, Any] = {
-        "event.kind": "event",
-        "event.category": ["network"],
-        "event.type": ["change"],
-        "event.action": "link_up" if is_up else "link_down",
-        "event.module": "nodeagent",
-        "event.dataset": "nodeagent.network",
         "interface.name": link.name,
         "interface.id": str(link.index),
         "nodeagent.link.state.old": old_state,
@@ -518,12 +513,11 @@ def log_link_event(
     log: structlog.typing.FilteringBoundLogger, link: Link, old_state: str, new_state: str, is_up: bool
 ) -> None:
     """Log one link up/down event with a fresh trace id."""
-    trace_id, span_id = new_trace_ids()
-    fields = link_event_fields(link, old_state, new_state, is_up)
-    fields["trace.id"], fields["span.id"] = trace_id, span_id
     verb = "up" if is_up else "down"
-    emit = log.info if is_up else log.warning
-    emit(f"link {link.name} {verb} (operstate {old_state} -> {new_state})", **fields)
+    message = f"link {link.name} {verb} (operstate {old_state} -> {new_state})"
+    emit(
+        log, f"link_{verb}", message, link_event_fields(link, old_state, new_state, is_up), trace_id=new_trace_ids()[0]
+    )
 
 
 SPEC = CollectorSpec(
