@@ -173,12 +173,31 @@ def _name_and_message(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     return event
 
 
+# Top-level names of the ECS field sets (and Beats' conventions) nodeagent writes; any other key of a record is
+# nodeagent's own and goes under ``nodeagent.`` so it cannot collide with an ECS field in an Elasticsearch mapping.
+ECS_ROOTS = frozenset(
+    {
+        "@timestamp", "message", "event", "log", "ecs", "service", "host", "agent", "trace", "span", "transaction",
+        "error", "container", "orchestrator", "kubernetes", "process", "interface", "user", "url", "data_stream",
+        "labels", "tags", "file", "network", "source", "destination", "cloud", "slurm", "systemd",
+        "nodeagent", "log_level",
+    }
+)  # fmt: skip
+
+
+def _namespace_custom(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    for key in [k for k in event if k.split(".", 1)[0] not in ECS_ROOTS]:
+        event["nodeagent." + key] = event.pop(key)
+    return event
+
+
 def _ecs_chain(hostname: str) -> list[Processor]:
     return [
         _ecs_level,
         _ecs_error,
         _static_fields(hostname),
         _name_and_message,
+        _namespace_custom,
         structlog.processors.EventRenamer("message"),
     ]
 

@@ -30,7 +30,7 @@ def test_ecs_fields() -> None:
         record["host.name"],
         record["service.name"],
         record["trace.id"],
-        record["device"],
+        record["nodeagent.device"],  # a key outside ECS goes under nodeagent.
     )
     assert record["@timestamp"].endswith("Z")
     assert "ecs.version" in record
@@ -55,4 +55,4 @@ def test_non_finite_numbers_stay_valid_json() -> None:
     """NaN and infinities, also nested, are written as strings so the line stays valid JSON."""
     (record,) = _lines(lambda log: log.info("odd", ratio=float("nan"), detail={"values": [1.0, float("inf")]}))
 
-    assert ("nan", [1.0, "inf"]) == (record["ratio"], record["detail"]["values"])
+    assert ("nan", [1.0, "inf"]) == (record["nodeagent.ratio"], record["nodeagent.detail"]["values"])

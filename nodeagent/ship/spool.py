@@ -139,16 +139,17 @@ class Spool:
     **Bounds.** Every record costs its payload plus the 13-byte frame (``HEADER_SIZE``). A record of priority 0
     (``PRIORITY_LOG``) is refused when accepting it would take the pending bytes (disk + memory, unacknowledged)
     above 70 % of ``max_bytes``, priority 1 (``PRIORITY_LOG_PROBLEM``) above 90 %, priority 2 (``PRIORITY_EVENT``)
-    above 100 %: the agent's own debug/info records go first, node events last, and the pending bytes never exceed
-    ``max_bytes``. Refusals count in ``dropped[("spool_full", priority)]``. The same shares apply to the bytes held
-    only in memory (not yet written, ``memory_bytes``) against ``memory_max_bytes``, counted as ``"memory_full"``:
-    that is what happens while the disk cannot be written (full, read-only, I/O errors), or in memory-only mode
-    (``directory`` None), where every pending record is in memory. Priorities above 2 count as 2, below 0 as 0.
-    Appends after ``close`` are refused as ``"closed"``. The files may exceed ``max_bytes`` by the acknowledged
-    records of segments not yet fully acknowledged (at most about one segment while the shipper keeps up).
+    above 100 %: the agent's own debug/info records go first, node events last, and appends never take the pending
+    bytes past ``max_bytes``. Refusals count in ``dropped[("spool_full", priority)]``. The same shares apply to the
+    bytes held only in memory (not yet written, ``memory_bytes``) against ``memory_max_bytes``, counted as
+    ``"memory_full"``: that is what happens while the disk cannot be written (full, read-only, I/O errors), or in
+    memory-only mode (``directory`` None), where every pending record is in memory. Priorities above 2 count as 2,
+    below 0 as 0. Appends after ``close`` are refused as ``"closed"``. The files may exceed ``max_bytes`` by the
+    acknowledged records of segments not yet fully acknowledged (about one segment while the shipper keeps up).
 
     **Durability.** Everything ``flush`` wrote is on disk when it returns (``fdatasync``, and an ``fsync`` of the
-    directory for a new segment); records appended since the last flush are lost if the process dies. The cursor
+    directory for a new segment): every record appended before a flush began and not acknowledged survives a kill -9
+    or a power cut; records appended after the last flush began are lost if the process dies. The cursor
     (segment number, offset of the oldest unacknowledged record, records acknowledged in the spool's lifetime) is
     written by ``flush`` through a temporary file, ``fsync`` and ``rename``: records acknowledged after the last
     flush are delivered again after a crash (at least once; duplicates carry the same ``event.id``).
@@ -158,7 +159,11 @@ class Spool:
 
     **Threads.** Every method may be called from any thread. One lock guards the state and is held for
     bookkeeping only: ``flush`` takes the batch in O(1), writes and syncs without the lock, then commits; ``peek``
-    reads segment files without it. ``flush`` calls are serialised among themselves.
+    reads segment files without it. ``flush`` calls are serialised among themselves. ``flush`` framing a large batch
+    is Python code holding the GIL (about 2 us per 1 KiB record), which other threads feel, the lock aside.
+
+    **Memory.** Besides the records held (``memory_held_bytes`` <= ``memory_max_bytes``), the index of the records
+    on disk costs 4 bytes per record.
 
     Only one process may use a directory at a time (a POSIX record lock on ``lock``).
     """
@@ -231,7 +236,7 @@ class Spool:
 
     @property
     def pending_bytes(self) -> int:
-        """Framed bytes of the pending records (on disk: from the oldest unacknowledged record on)."""
+        """Framed bytes of the pending records (on disk: from the oldest unacknowledged one on, damage included)."""
         with self._lock:
             return self._disk_pending + self._unwritten_bytes
 
