@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from io import StringIO
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ from nodeagent.ship.shipper import BATCH_BYTES, Shipper, build_transports  # noq
 from nodeagent.ship.spool import HEADER_SIZE, Spool  # noqa: E402
 
 TARGET_EVENTS_PER_S = 20_000
-HOSTNAME = "gpu-node-0042.prod.example.internal"  # fixed, so record sizes do not depend on the bench host's name
+HOSTNAME = "gpu-node-0042"  # fixed, so record sizes do not depend on the bench host's name
+SHIPPED_PREFIX = b'{"@metadata":{"_id":"'  # nodeagent.logs.shipped_copy: the event id comes next
 COLLECTORS = ("host", "cgroups", "network", "tcpstat", "gpu", "runtimes")
 RECORDS_PER_CYCLE = 8  # records logged under one trace id (one collection cycle)
 CHUNK = 200  # records per producer burst (the loop runs other tasks between bursts)
@@ -156,7 +158,7 @@ class Producer:
         self.event_every = event_every
         self.rng = random.Random(seed)
         self.counter = EventCounter()
-        self.ids: list[str] = []
+        self.ids: list[bytes] = []
         self.cpu_s = 0.0  # the loop thread's CPU inside the bursts: logging chain + submit
         self.waits = 0
         self.wait_s = 0.0
@@ -183,6 +185,19 @@ class Producer:
             "kubernetes.namespace": "ml-batch",
             "kubernetes.container.name": f"trainer-{i}",
         }
+
+    def sink(self, submit: Callable[[bytes, int], bool]) -> Callable[[bytes, int], bool]:
+        """``submit`` that also keeps each record's event id (a slice of the shipped copy; about 0.2 µs)."""
+        ids = self.ids
+        start = len(SHIPPED_PREFIX)
+
+        def record_and_submit(record: bytes, priority: int) -> bool:
+            if not record.startswith(SHIPPED_PREFIX):
+                raise BenchFailure(f"unexpected shipped record: {record[:80]!r}")
+            ids.append(record[start : start + 36])
+            return submit(record, priority)
+
+        return record_and_submit
 
     def burst(self, log: Any, first: int, end: int) -> None:
         rng = self.rng
@@ -321,9 +336,9 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
         sync_interval=cfg.sync_interval,
     )
     devnull = open(os.devnull, "w")  # noqa: SIM115, ASYNC230 - the agent's stdout; closed at the end
-    logs.configure("info", "json", stream=devnull, hostname=HOSTNAME, sink=shipper.submit)
-    log = structlog.get_logger()
     producer = Producer(args.event_every)
+    logs.configure("info", "json", stream=devnull, hostname=HOSTNAME, sink=producer.sink(shipper.submit))
+    log = structlog.get_logger()
     out: dict[str, Any] = {
         "mode": args.mode,
         "cpus": cpus,
@@ -408,7 +423,7 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
         )
     out["rss_peak_bytes"] = memory_bytes(os.getpid())[1]
     if producer.ids:
-        Path(args.ids).write_text("\n".join(producer.ids))
+        Path(args.ids).write_bytes(b"\n".join(producer.ids))
     devnull.close()
     if out.get("dropped"):
         raise BenchFailure(f"the spool refused {out['dropped']} records: {spool.dropped}")
