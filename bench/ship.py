@@ -58,7 +58,7 @@ from bench.run import _cpu_model, _die_with_parent, memory_bytes  # noqa: E402
 from bench.spool import filesystem_of  # noqa: E402
 from nodeagent import __version__, logs  # noqa: E402
 from nodeagent.config import ShipConfig  # noqa: E402
-from nodeagent.events import EventCounter, emit, new_event_id  # noqa: E402
+from nodeagent.events import EventCounter, emit  # noqa: E402
 from nodeagent.scheduler import new_trace_ids  # noqa: E402
 from nodeagent.ship.lumberjack import (  # noqa: E402
     FRAME_ACK,
@@ -242,7 +242,7 @@ async def serve_receiver(cpu: int, kind: str) -> None:
         if double is not None:
             counts.windows, counts.max_window = double.batches, max(double.windows, default=0)
             counts.connections, counts.protocol_errors = double.connections, double.protocol_errors
-        Path(line[5:].strip()).write_bytes(b"\n".join(counts.ids))
+        Path(line[5:].strip()).write_bytes(b"\n".join(counts.ids))  # noqa: ASYNC240 - between runs
         reply = {
             "events": len(counts.ids),
             "cpu_s": time.process_time() - cpu0,
@@ -557,7 +557,7 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
         )
     out["rss_peak_bytes"] = memory_bytes(os.getpid())[1]
     if producer.ids:
-        Path(args.ids).write_bytes(b"\n".join(producer.ids))
+        Path(args.ids).write_bytes(b"\n".join(producer.ids))  # noqa: ASYNC240 - after the measurement
     devnull.close()
     if out.get("dropped"):
         raise BenchFailure(f"the spool refused {out['dropped']} records: {spool.dropped}")
@@ -572,12 +572,13 @@ class Receiver:
     """The receiver process: started pinned to ``cpu``, asked for the ids it got after each variant."""
 
     def __init__(self, cpu: int, kind: str) -> None:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--role", "receiver", "--cpu", str(cpu)]
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--role", "receiver", "--cpu", str(cpu), "--receiver", kind],
+            [*cmd, "--receiver", kind],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - the harness has no threads
+            preexec_fn=_die_with_parent,  # the harness has no threads
         )
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
@@ -645,7 +646,7 @@ class Harness:
         timeout = 120 + a.records / 500
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=_die_with_parent, check=False
-        )  # noqa: PLW1509
+        )
         if proc.returncode != 0:
             raise BenchFailure(f"agent process ({mode}, level {level}) failed:\n{proc.stderr[-4000:]}")
         result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -135,7 +135,10 @@ class Shipper:
         assert self._wake is not None
         backoff = self.backoff_initial
         while True:
-            records = self.spool.peek(self.window, BATCH_BYTES)
+            if self.spool.backlog_on_disk:  # the oldest records must be read from the segment files
+                records = await asyncio.to_thread(self.spool.peek, self.window, BATCH_BYTES)
+            else:
+                records = self.spool.peek(self.window, BATCH_BYTES)
             if not records:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):  # woken by the next record (or every second)
@@ -226,9 +229,9 @@ class Shipper:
             MetricFamily(
                 "nodeagent_log_records_dropped_total",
                 "counter",
-                "Records refused by a full spool (reason spool_full) or by a full memory buffer while the disk "
-                "could not be written (memory_full), by priority: log (debug/info), log_problem (warning/error), "
-                "event (node events, dropped last).",
+                "Records refused by a full spool (reason spool_full), by a full memory buffer while the disk "
+                "could not be written (memory_full), or after shutdown began (closed), by priority: log "
+                "(debug/info), log_problem (warning/error), event (node events, dropped last).",
                 ("reason", "priority"),
                 dropped,
             ),
@@ -252,6 +255,13 @@ class Shipper:
                 "Spool records skipped because their length or checksum was wrong.",
                 (),
                 (((), float(sp.corrupt)),),
+            ),
+            MetricFamily(
+                "nodeagent_log_spool_read_errors_total",
+                "counter",
+                "Failed reads of spool segment files (the records are read again on the next attempt).",
+                (),
+                (((), float(sp.read_errors)),),
             ),
             MetricFamily(
                 "nodeagent_log_spool_write_errors_total",
