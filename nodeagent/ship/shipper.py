@@ -115,6 +115,12 @@ class Shipper:
                 await task
         self._tasks = []
         await asyncio.to_thread(self.spool.close)
+        if self.spool.memory_bytes:
+            self.log.error(
+                "ship.spool_lost",
+                message=f"{self.spool.memory_bytes} bytes of records could not be written to the spool at shutdown "
+                f"and are lost: {self.spool.last_error}",
+            )
         for t in self.transports:
             await t.aclose()
 
