@@ -673,6 +673,8 @@ def test_oom_kill_increase_logs_one_event(systemd_copy: Path) -> None:
         "container.runtime": "containerd",
         "kubernetes.pod.uid": "6f1e2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b",
         "orchestrator.type": "kubernetes",
+        "orchestrator.resource.type": "pod",
+        "orchestrator.resource.id": "6f1e2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b",
     } == event
     assert 5 == by_id(families["container_oom_events_total"])[C1B]
     # No further kill, no further event.

@@ -289,12 +289,12 @@ def test_a_cycle_over_its_timeout_fails_alone_and_the_series_come_back(
     assert 1.0 == collector_state(back)["success"]
     assert {"0": 123.456, "1": 287.5} == by_gpu(back, "nodeagent_gpu_power_watts")
     failed = [d for d in docs if d.get("message") == "collector.failed" and d.get("nodeagent.collector") == "gpu"]
-    assert {"reason": "timeout", "error.message": "cycle exceeded its timeout of 1s"} == {
-        k: failed[0].get(k) for k in ("reason", "error.message")
+    assert {"nodeagent.reason": "timeout", "error.message": "cycle exceeded its timeout of 1s"} == {
+        k: failed[0].get(k) for k in ("nodeagent.reason", "error.message")
     }
     # While the NVML thread is still stuck, the next cycles fail at once instead of queueing behind it.
     busy = "NvmlBusy: the previous NVML pass has not returned (a GPU or the driver is not answering)"
-    assert [("error", busy)] == [(d.get("reason"), d.get("error.message")) for d in failed[1:2]]
+    assert [("error", busy)] == [(d.get("nodeagent.reason"), d.get("error.message")) for d in failed[1:2]]
     assert back[("nodeagent_collector_failures_total", (("collector", "gpu"), ("reason", "error")))] >= 1
     assert any(d.get("message") == "collector.recovered" and d.get("nodeagent.collector") == "gpu" for d in docs)
 
