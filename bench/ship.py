@@ -31,6 +31,7 @@ import asyncio
 import cProfile
 import datetime as dt
 import json
+import logging
 import os
 import platform
 import pstats
@@ -45,6 +46,7 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from io import StringIO
 from pathlib import Path
@@ -385,9 +387,11 @@ class Producer:
         structlog.contextvars.clear_contextvars()
 
 
-def summarize_profile(prof: cProfile.Profile, n: int, top: int = 25) -> dict[str, Any]:
-    """The profile's own time by owner and its top functions, per record (microseconds)."""
-    stats = pstats.Stats(prof, stream=StringIO())
+def summarize_profile(profiles: list[cProfile.Profile], n: int, top: int = 25) -> dict[str, Any]:
+    """The profiles' own time by owner and their top functions, per record (microseconds)."""
+    stats = pstats.Stats(profiles[0], stream=StringIO())
+    for more in profiles[1:]:
+        stats.add(more)
     entries = stats.stats  # type: ignore[attr-defined]  # {(file, line, name): (cc, ncalls, tottime, cumtime, callers)}
     total = sum(tt for _cc, _nc, tt, _ct, _callers in entries.values()) or 1.0
     from bench.gpu import _short  # a path relative to the repository or the standard library
@@ -414,11 +418,34 @@ def summarize_profile(prof: cProfile.Profile, n: int, top: int = 25) -> dict[str
     }
 
 
+class WorkerProfiles:
+    """
+    An executor for ``asyncio.to_thread`` whose threads each run a cProfile of their own (a profile hooks only the
+    thread that enables it): the spool's flushes, disk reads and zlib of large windows happen there.
+    """
+
+    def __init__(self) -> None:
+        self.profiles: list[cProfile.Profile] = []
+        self.executor = ThreadPoolExecutor(initializer=self._start)
+
+    def _start(self) -> None:
+        profile = cProfile.Profile(time.thread_time)
+        self.profiles.append(profile)  # list.append is atomic
+        profile.enable()
+
+    def stop(self) -> list[cProfile.Profile]:
+        """Let the threads end (their profiles with them); the profiles, to read."""
+        self.executor.shutdown(wait=True)
+        return self.profiles
+
+
 def profile_group(file: str, name: str) -> str:
     """Who owns a function's own time."""
     if file == "~":
-        if "zlib" in name or "compress" in name:
-            return "zlib (on the loop thread, windows < 64 KiB)"
+        if "zlib" in name:
+            return "zlib (compress, crc32)"
+        if any(k in name for k in ("pread", "pwrite", "fdatasync", "fsync", "posix.open", "posix.close", "replace")):
+            return "file I/O (pread, pwrite, fdatasync, cursor)"
         if "json" in name.lower() or "encode" in name:
             return "json encoder (C)"
         if any(k in name for k in ("urandom", "token_hex", "randbits", "time_ns")):
@@ -486,6 +513,13 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
     n = args.records
 
     if args.mode == "fill":  # produce only: the shipper is not started, so submit only appends
+        # The caller's side alone: the same bursts into a logger that filters every record out.
+        quiet = structlog.wrap_logger(
+            structlog.PrintLogger(devnull), wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL)
+        )
+        caller = Producer(args.event_every)
+        caller.burst(quiet, 0, min(n, 20_000))
+        out["caller_us_per_record"] = caller.cpu_s / min(n, 20_000) * 1e6
         flush_s = 0.0
         for first in range(0, n, CHUNK):
             producer.burst(log, first, min(n, first + CHUNK))
@@ -513,6 +547,9 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
         spool.target = n
         spool.done = asyncio.Event()
         profiler = cProfile.Profile(time.thread_time) if args.profile_out else None
+        workers = WorkerProfiles() if profiler is not None else None
+        if workers is not None:
+            asyncio.get_running_loop().set_default_executor(workers.executor)
         w0, c0, tc0 = time.perf_counter(), time.process_time(), time.thread_time()
         if profiler is not None:
             profiler.enable()
@@ -528,10 +565,11 @@ async def agent(args: argparse.Namespace) -> dict[str, Any]:
             ) from None
         if profiler is not None:
             profiler.disable()
-            out["profile"] = summarize_profile(profiler, n)
         w1, c1, tc1 = spool.marks
         out["latency_mean_ms"] = shipper.ack_seconds / max(shipper.batches, 1) * 1e3
         await shipper.aclose()
+        if profiler is not None and workers is not None:
+            out["profile"] = summarize_profile([profiler, *workers.stop()], n)
         wall, cpu, loop_cpu = w1 - w0, c1 - c0, tc1 - tc0
         out.update(
             {
@@ -677,7 +715,8 @@ class Harness:
         run["variant"] = name
         run["target_ratio"] = run["events_per_s"] / TARGET_EVENTS_PER_S
         if fill is not None:
-            run["fill"] = {k: fill[k] for k in ("producer_us_per_record", "record_bytes_mean", "compression_ratio")}
+            keys = ("producer_us_per_record", "caller_us_per_record", "record_bytes_mean", "compression_ratio")
+            run["fill"] = {k: fill[k] for k in keys}
         for path in (spool, received, expected):
             if path.is_dir():
                 shutil.rmtree(path)
@@ -845,8 +884,11 @@ def report(r: dict[str, Any], command: str) -> str:
             f"Records: {fill['record_bytes_mean']:.0f} bytes on average as shipped (ECS JSON with `@metadata._id`; "
             "a record with no fields of its own is about 670 of them). The producer alone (the `fill` "
             "process: logging chain + `submit` into the spool, nothing shipping) costs "
-            f"{fill['producer_us_per_record']:.1f} µs CPU per record. zlib ratio of one {first['batch_max']}-record "
-            f"window: {ratios}.",
+            f"{fill['producer_us_per_record']:.1f} µs CPU per record, of which {fill['caller_us_per_record']:.1f} µs "
+            "is the caller's side (the bench's loop and field values, binding a cycle's trace ids, `emit` building "
+            "its record: the same bursts into a logger that filters every record out): the logging chain itself "
+            f"costs {fill['producer_us_per_record'] - fill['caller_us_per_record']:.1f} µs. zlib ratio of one "
+            f"{first['batch_max']}-record window: {ratios}.",
         ]
     lines += [
         "",
@@ -893,11 +935,11 @@ def report(r: dict[str, Any], command: str) -> str:
     for name, prof in (r.get("profiles") or {}).items():
         lines += [
             "",
-            f"## Profile: {name}, zlib {first['compression']}, under cProfile (the event loop thread)",
+            f"## Profile: {name}, zlib {first['compression']}, under cProfile (event loop and worker threads)",
             "",
             f"Not part of any figure above: cProfile inflates call-heavy code ({prof['own_us_per_record']:.1f} µs "
-            "of own time per record under the profiler, loop thread only; zlib and disk work in worker threads are "
-            "not in it). Own time by owner:",
+            "of own time per record under the profiler, the event loop thread and the `to_thread` workers (spool "
+            "flushes, disk reads, zlib of large windows) together). Own time by owner:",
             "",
             "| where | own µs / record | share |",
             "|---|---:|---:|",

@@ -63,6 +63,17 @@ def test_invalid_configuration_exits_2_with_the_key(tmp_path: Path) -> None:
     assert "" == proc.stdout
 
 
+def test_a_spool_directory_that_cannot_be_created_exits_2(tmp_path: Path) -> None:
+    """Shipping configured with an unusable spool directory stops start-up with exit 2, naming the key."""
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    args = ("--set", "logs.ship.hosts=[127.0.0.1:5044]", "--set", f"logs.ship.spool_dir={blocker}/spool")
+    proc = nodeagent("run", "--listen", "127.0.0.1:1", *args)
+
+    assert 2 == proc.returncode
+    assert "logs.ship: cannot start shipping" in proc.stderr
+
+
 def test_unknown_collector_flag_exits_2() -> None:
     """A misspelt collector switch is rejected by the argument parser with exit 2."""
     proc = nodeagent("once", "--no-collector.lodavg")
@@ -136,7 +147,8 @@ def test_unreadable_file_is_named(tmp_path: Path) -> None:
 def test_every_command_prints_its_help() -> None:
     """--help works for every command (argparse 3.11 used to assert while wrapping the long usage line)."""
     for command in (["run"], ["once"], ["doctor"], ["config", "check"], ["version"]):
-        proc = subprocess.run([sys.executable, "-m", "nodeagent", *command, "--help"], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            [sys.executable, "-m", "nodeagent", *command, "--help"], capture_output=True, text=True, timeout=60
+        )
         assert proc.returncode == 0, (command, proc.stderr)
         assert "--help" in proc.stdout

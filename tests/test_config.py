@@ -105,6 +105,24 @@ def test_timeout_defaults_to_at_most_the_interval() -> None:
             "runtimes.containerd.socket: invalid value 'run/containerd.sock': expected an absolute path of a unix",
         ),
         ("runtimes:\n  crio: {}\n", "runtimes.crio: unknown key; valid keys here: docker, podman, cri, containerd"),
+        (
+            "logs:\n  ship:\n    hosts: [logstash]\n",
+            "logs.ship: invalid value {'hosts': ['logstash']}: hosts: 'logstash' is not host:port",
+        ),
+        (
+            "logs:\n  ship:\n    protocol: http\n    hosts: [logstash:8080]\n",
+            "hosts: 'logstash:8080' is not an http(s) URL",
+        ),
+        ("logs:\n  ship:\n    protocol: kafka\n", "logs.ship.protocol: invalid value 'kafka'"),
+        ("logs:\n  ship:\n    spool_dir: spool\n", "logs.ship.spool_dir: invalid value 'spool': expected an absolute"),
+        (
+            "logs:\n  ship:\n    tls:\n      ca_file: /nonexistent/ca.crt\n",
+            "logs.ship.tls.ca_file: invalid value '/nonexistent/ca.crt': /nonexistent/ca.crt: no such readable file",
+        ),
+        (
+            "logs:\n  ship:\n    tls:\n      cert_file: /etc/hostname\n",
+            "logs.ship.tls: invalid value {'cert_file': '/etc/hostname'}: cert_file and key_file go together",
+        ),
         ("- a\n- b\n", "expected a mapping of keys at the top, got list"),
         ("interval: [1\n", "invalid YAML at line 2, column 1"),
     ],
