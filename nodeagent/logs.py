@@ -17,7 +17,7 @@ import secrets
 import socket
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import structlog
@@ -98,18 +98,13 @@ def static_fields(hostname: str) -> dict[str, Any]:
     return fields
 
 
-def _static_fields(hostname: str) -> Processor:
-    fields = static_fields(hostname)
-
-    def add(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-        for key, value in fields.items():
-            event.setdefault(key, value)
-        # Node events go to their own data stream dataset; the agent's own records to nodeagent.log.
-        event.setdefault("data_stream.dataset", event.get("event.dataset") or "nodeagent.log")
-        event.setdefault("event.id", new_event_id())
-        return event
-
-    return add
+def _per_record_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    # Node events go to their own data stream dataset; the agent's own records to nodeagent.log.
+    if "data_stream.dataset" not in event:
+        event["data_stream.dataset"] = event.get("event.dataset") or "nodeagent.log"
+    if "event.id" not in event:
+        event["event.id"] = new_event_id()
+    return event
 
 
 def _json_default(value: Any) -> Any:
@@ -127,12 +122,27 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _render_json(_: WrappedLogger, __: str, event: EventDict) -> str:
+def _dumps(event: Mapping[str, Any]) -> str:
     # allow_nan=False: NaN/Infinity are not JSON; Elasticsearch rejects such documents.
     try:
         return json.dumps(event, default=_json_default, allow_nan=False, separators=(",", ":"))
     except ValueError:
         return json.dumps(_finite(event), default=_json_default, allow_nan=False, separators=(",", ":"))
+
+
+def _ecs_json(hostname: str) -> Callable[[WrappedLogger, str, EventDict], str]:
+    """The JSON renderer with this process's static ECS fields, serialised once and put in front of each record."""
+    fields = static_fields(hostname)
+    prefix = _dumps(fields)[:-1] + ","
+    keys = fields.keys()
+
+    def render(_: WrappedLogger, __: str, event: EventDict) -> str:
+        if keys & event.keys():  # a record that sets one of them itself wins
+            return _dumps({**fields, **event})
+        body = _dumps(event)
+        return prefix + body[1:] if len(body) > 2 else prefix[:-1] + "}"
+
+    return render
 
 
 # A record's spool priority: node events last to be dropped, the agent's debug/info records first.
@@ -154,11 +164,12 @@ def shipped_copy(line: str, event_id: str) -> bytes:
 Sink = Callable[[bytes, int], object]
 
 
-def _ship_json(sink: Sink) -> Processor:
+def _ship_json(sink: Sink, hostname: str) -> Processor:
     """The JSON renderer that also hands each record, with its priority, to ``sink`` (which must not block)."""
+    to_json = _ecs_json(hostname)
 
     def render(logger: WrappedLogger, method: str, event: EventDict) -> str:
-        line = _render_json(logger, method, event)
+        line = to_json(logger, method, event)
         sink(shipped_copy(line, str(event["event.id"])), _priority(event))
         return line
 
@@ -185,17 +196,30 @@ ECS_ROOTS = frozenset(
 )  # fmt: skip
 
 
+_ECS_KEY: dict[str, bool] = {}  # key -> whether it stays where it is (keys come from code: a bounded set)
+
+
 def _namespace_custom(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    for key in [k for k in event if k.split(".", 1)[0] not in ECS_ROOTS]:
-        event["nodeagent." + key] = event.pop(key)
+    move = None
+    for key in event:
+        ok = _ECS_KEY.get(key)
+        if ok is None:
+            ok = key.split(".", 1)[0] in ECS_ROOTS
+            if len(_ECS_KEY) < 10_000:
+                _ECS_KEY[key] = ok
+        if not ok:
+            move = [key] if move is None else [*move, key]
+    if move:
+        for key in move:
+            event["nodeagent." + key] = event.pop(key)
     return event
 
 
-def _ecs_chain(hostname: str) -> list[Processor]:
+def _ecs_chain() -> list[Processor]:
     return [
         _ecs_level,
         _ecs_error,
-        _static_fields(hostname),
+        _per_record_fields,
         _name_and_message,
         _namespace_custom,
         structlog.processors.EventRenamer("message"),
@@ -204,13 +228,14 @@ def _ecs_chain(hostname: str) -> list[Processor]:
 
 def _ship_tap(sink: Sink, hostname: str) -> Processor:
     """For console output: ship an ECS JSON copy of each record, leave the record itself to the console renderer."""
-    chain = _ecs_chain(hostname)
+    chain = _ecs_chain()
+    to_json = _ecs_json(hostname)
 
     def tap(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         copy = dict(event)
         for processor in chain:
             copy = processor(logger, method, copy)  # type: ignore[assignment]
-        line = _render_json(logger, method, copy)
+        line = to_json(logger, method, copy)
         sink(shipped_copy(line, str(copy["event.id"])), _priority(copy))
         return event
 
@@ -241,7 +266,7 @@ def configure(
             structlog.dev.ConsoleRenderer(colors=False),
         ]
     else:
-        renderer = [*_ecs_chain(host), _ship_json(sink) if sink is not None else _render_json]
+        renderer = [*_ecs_chain(), _ship_json(sink, host) if sink is not None else _ecs_json(host)]
     structlog.configure(
         processors=shared + renderer,
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
