@@ -16,6 +16,7 @@ import math
 import secrets
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -96,6 +97,21 @@ def static_fields(hostname: str) -> dict[str, Any]:
         fields["host.id"] = host_id
         fields["agent.id"] = host_id
     return fields
+
+
+_second: tuple[int, str] = (-1, "")  # the last whole second seen and its ISO 8601 text (replaced whole: threads)
+
+
+def _timestamp(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
+    """``@timestamp``: UTC, ISO 8601 with microseconds and ``Z``; the date and time part formatted once a second."""
+    global _second
+    now = time.time()
+    sec = int(now)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    event["@timestamp"] = f"{cached[1]}.{int((now - sec) * 1e6):06d}Z"
+    return event
 
 
 def _per_record_fields(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
@@ -256,7 +272,7 @@ def configure(
     host = hostname or socket.gethostname()
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.processors.TimeStamper(fmt="iso", utc=True, key="@timestamp"),
+        _timestamp,
     ]
     renderer: list[Processor]
     if fmt == "console":
