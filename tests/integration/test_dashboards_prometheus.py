@@ -1,0 +1,177 @@
+"""
+Every dashboard panel query and every alert rule runs against a real Prometheus (Debian package ``prometheus``) that
+has scraped the real agent for a few intervals on this machine. The agent runs with the NVML test double (8 GPU
+series families have data), log shipping to the Lumberjack test double (the ``nodeagent_log_*`` families) and a
+real test cgroup workload, so that most panels have something to show.
+
+Each query must parse and evaluate; a query whose metrics all have series here, and that does not filter by value,
+must return data. The alert rule file is loaded into Prometheus, whose rule manager must evaluate every rule
+without an error.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.agent_proc import http_get, run_agent, wait_until
+from tests.integration.peers import PrometheusPeer, run_prometheus, scrape_config, wait_for_scrapes
+from tests.integration.ship_peers import BackgroundLumberjack
+from tests.nvml_double import Gpu, MigDevice, Process, Scenario, build_or_missing, subprocess_env
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+JOB = "nodeagent"
+# Values for Grafana's built-in variables when a query is run outside Grafana.
+BUILTINS = {"__rate_interval": "15s", "__interval": "5s", "__range": "5m", "__range_s": "300", "__interval_ms": "5000"}
+_VAR = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)|\[\[(\w+)\]\]")
+_NAME = re.compile(r"(?<![\w:\"'])([a-zA-Z_:][a-zA-Z0-9_:]*)(?=\s*(?:\{|\[|\)|$|\s|,|[-+*/<>=!]))")
+_KEYWORDS = {
+    "sum", "avg", "min", "max", "count", "rate", "irate", "increase", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "topk", "bottomk", "quantile", "stddev",
+    "label_replace", "label_join", "clamp_min", "clamp_max", "clamp", "abs", "time", "vector", "scalar", "absent",
+    "delta", "deriv", "predict_linear", "histogram_quantile", "avg_over_time", "max_over_time", "min_over_time",
+    "sum_over_time", "count_over_time", "last_over_time", "changes", "resets", "round", "ceil", "floor", "sort",
+    "sort_desc", "group", "count_values", "timestamp", "inf", "nan", "e",
+}  # fmt: skip
+
+
+def substitute(expr: str, variables: dict[str, str]) -> str:
+    """The query as Grafana would send it: built-in and dashboard variables replaced (others match anything)."""
+
+    def value(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2) or m.group(3)
+        return variables.get(name, BUILTINS.get(name, ".+"))
+
+    return _VAR.sub(value, expr)
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names an expression reads (a heuristic good enough for the queries in this repository)."""
+    no_strings = re.sub(r'"[^"]*"', '""', expr)
+    no_labels = re.sub(r"\{[^}]*\}", "{}", no_strings)
+    no_groupings = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", no_labels)
+    names = {n for n in _NAME.findall(no_groupings) if n not in _KEYWORDS and not re.fullmatch(r"\d+[smhdwy]?", n)}
+    return {n for n in names if not re.fullmatch(r"[0-9.]+", n)}
+
+
+def filters_by_value(expr: str) -> bool:
+    """Whether the query can legitimately be empty: it compares values, subtracts sets, or asks for absence."""
+    stripped = re.sub(r"\{[^}]*\}", "", expr)
+    return bool(re.search(r"[<>]|==|!=|\bunless\b|\babsent\b|\btopk\b|\bbottomk\b", stripped))
+
+
+def dashboard_queries() -> Iterator[tuple[str, str, str]]:
+    """(dashboard file, panel title, expr) of every target of every panel, rows included."""
+    for path in sorted(glob.glob(str(ROOT / "dashboards" / "*.json"))):
+        doc = json.loads(Path(path).read_text())
+        panels: list[dict[str, Any]] = []
+        for p in doc.get("panels", []):
+            panels.append(p)
+            panels.extend(p.get("panels", []))
+        for p in panels:
+            for t in p.get("targets", []):
+                if t.get("expr"):
+                    yield Path(path).name, p.get("title", ""), t["expr"]
+
+
+def rule_exprs(rule_file: Path) -> Iterator[tuple[str, str]]:
+    import yaml
+
+    for group in yaml.safe_load(rule_file.read_text())["groups"]:
+        for rule in group["rules"]:
+            yield rule.get("alert") or rule.get("record"), rule["expr"]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrometheusPeer, set[str], str]]:
+    """The agent (NVML double, shipping to the Lumberjack double) scraped by Prometheus with the alert rules loaded."""
+    tmp = tmp_path_factory.mktemp("dashboards")
+    rules = ROOT / "alerts" / "nodeagent.rules.yml"
+    scenario = tmp / "nvml.scenario"
+    Scenario(
+        gpus=[
+            Gpu(util_gpu=35, processes=[Process(os.getpid(), 2 << 30)]),
+            Gpu(migs=[MigDevice(0), MigDevice(1)]),
+        ]
+    ).write(scenario)
+    receiver = BackgroundLumberjack()
+    receiver.start()
+    env = subprocess_env(build_or_missing(), scenario)
+    args = ["--set", "interval=1s", "--set", f"logs.ship.hosts=[127.0.0.1:{receiver.port}]"]
+    args += ["--set", f"logs.ship.spool_dir={tmp / 'spool'}"]
+    try:
+        with run_agent(args, tmp_dir=str(tmp), env=env) as agent:
+            instance = f"127.0.0.1:{agent.port}"
+            _, _, body = http_get(agent.url + "/metrics")
+            exposed = {
+                line.split("{")[0].split(" ")[0] for line in body.decode().splitlines() if line and line[0] != "#"
+            }
+            with run_prometheus(scrape_config(JOB, {instance: {}}), [rules] if rules.exists() else [], tmp) as prom:
+                wait_for_scrapes(prom, [instance], 20, timeout=90)  # enough samples for 15s rate windows
+                yield prom, exposed, instance
+    finally:
+        receiver.close()
+
+
+def test_there_is_something_to_check() -> None:
+    assert list(dashboard_queries()), "no dashboard queries found under dashboards/"
+    assert (ROOT / "alerts" / "nodeagent.rules.yml").exists()
+
+
+def test_every_dashboard_query_runs_and_returns_data_where_the_agent_has_it(
+    stack: tuple[PrometheusPeer, set[str], str],
+) -> None:
+    prom, exposed, instance = stack
+    variables = {"job": JOB, "instance": instance, "datasource": "prometheus"}
+    errors, empty = [], []
+    checked = with_data = 0
+    for dashboard, title, expr in dashboard_queries():
+        query = substitute(expr, variables)
+        checked += 1
+        try:
+            result = prom.query(query)
+        except AssertionError as exc:
+            errors.append(f"{dashboard} / {title}: {query}: {exc}")
+            continue
+        names = metric_names(expr)
+        if names and names <= exposed and not filters_by_value(expr):
+            with_data += 1
+            if not result:
+                empty.append(f"{dashboard} / {title}: {query}")
+    print(f"\n{checked} dashboard queries ran; {with_data} had to return data; {len(empty)} did not")
+    assert errors == []
+    assert empty == []
+
+
+def test_every_alert_rule_parses_and_evaluates(stack: tuple[PrometheusPeer, set[str], str]) -> None:
+    prom, _, _ = stack
+    rules_file = ROOT / "alerts" / "nodeagent.rules.yml"
+    errors = []
+    for name, expr in rule_exprs(rules_file):
+        try:
+            prom.query(expr)
+        except AssertionError as exc:  # Prometheus's message: the expression does not parse or evaluate
+            errors.append(f"{name}: {exc}")
+    assert errors == []
+
+    def evaluated() -> bool:
+        groups = prom.api("rules")["groups"]
+        return bool(groups) and all(r.get("lastEvaluation", "").startswith("20") for g in groups for r in g["rules"])
+
+    wait_until(evaluated, 30, "every rule evaluated once")
+    bad = [
+        f"{r['name']}: {r.get('lastError')}"
+        for g in prom.api("rules")["groups"]
+        for r in g["rules"]
+        if r.get("health") != "ok"
+    ]
+    assert bad == []
