@@ -1,0 +1,1 @@
+"""nodeagent's Prometheus alerting rules, generated from one configuration (``alerts/rules.py``)."""
