@@ -1,7 +1,8 @@
 """nodeagent's alerting rules: one configuration (``CONFIG``) and the functions that build the rule groups from it.
 
 ``python3 -m alerts.rules [--config overrides.yaml]`` writes ``alerts/nodeagent.rules.yml`` (a Prometheus rule
-file) and ``packaging/kubernetes/prometheusrule.yaml`` (the same groups as a prometheus-operator PrometheusRule).
+file) and ``packaging/kubernetes/overlays/prometheus-operator/prometheusrule.yaml`` (the same groups as a
+prometheus-operator PrometheusRule).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import yaml
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RULES_FILE = REPO_ROOT / "alerts" / "nodeagent.rules.yml"
-PROMETHEUS_RULE_FILE = REPO_ROOT / "packaging" / "kubernetes" / "prometheusrule.yaml"
+PROMETHEUS_RULE_FILE = (
+    REPO_ROOT / "packaging" / "kubernetes" / "overlays" / "prometheus-operator" / "prometheusrule.yaml"
+)
 SEVERITIES = ("critical", "warning", "info")
 
 # Everything a user may change. An overrides file (--config) is merged into this key by key; a key that is not
