@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tarfile
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,8 @@ def test_image_configuration(image_archive: Path) -> None:
     assert config["Cmd"] == ["run"]
     assert set(config["Volumes"]) == {"/tmp", SPOOL}
     assert "Healthcheck" not in config  # Kubernetes probes /healthz and /readyz
-    assert "HEALTHCHECK" not in DOCKERFILE.read_text()
+    instructions = [line.split()[0].upper() for line in DOCKERFILE.read_text().splitlines() if line[:1].isalpha()]
+    assert "HEALTHCHECK" not in instructions and instructions.count("FROM") == 2
 
 
 def parse(body: bytes) -> Samples:
@@ -164,9 +166,9 @@ def run_image(ctrd: Containerd, container_id: str, cgroup: str, port: int) -> in
         "NODEAGENT_KUBELET__PODRESOURCES__ENABLED": "false",
     }
     mounts = [
-        "type=bind,src=/proc,dst=/host/proc,options=rbind:ro",
-        "type=bind,src=/sys,dst=/host/sys,options=rbind:ro",
-        "type=bind,src=/,dst=/host/root,options=rbind:ro:rslave",
+        "type=bind,src=/proc,dst=/host/proc,options=rbind:rro",
+        "type=bind,src=/sys,dst=/host/sys,options=rbind:rro",
+        "type=bind,src=/,dst=/host/root,options=rbind:rro:rslave",
         "type=tmpfs,src=tmpfs,dst=/tmp,options=nosuid:nodev:mode=1777:size=64m",
         f"type=tmpfs,src=tmpfs,dst={SPOOL},options=nosuid:nodev:mode=700:size=64m",
     ]
@@ -220,8 +222,8 @@ print(json.dumps({
 
 
 def test_image_runs_as_daemonset_and_reports_the_host(ctrd: Containerd) -> None:
-    container_id = "nodeagent-" + secrets.token_hex(6)
-    cgroup = f"/kubepods/burstable/pod{secrets.token_hex(8)}/{container_id}"
+    container_id = secrets.token_hex(32)  # a container id as containerd makes them
+    cgroup = f"/kubepods/burstable/pod{uuid.uuid4()}/{container_id}"  # a pod cgroup, as the kubelet names it
     port = free_port()
     run_image(ctrd, container_id, cgroup, port)
     url = f"http://127.0.0.1:{port}"
@@ -237,7 +239,10 @@ def test_image_runs_as_daemonset_and_reports_the_host(ctrd: Containerd) -> None:
     # Host memory, from the host's /proc through /host/proc.
     before_if = host_interface()
     wait_until(
-        lambda: "container_spec_memory_limit_bytes" in parse(http_get(url + "/metrics")[2]),
+        lambda: any(
+            lab["id"] == cgroup
+            for lab, _ in parse(http_get(url + "/metrics")[2]).get("container_spec_memory_limit_bytes", [])
+        ),
         30,
         "the cgroup metrics",
     )
