@@ -157,7 +157,6 @@ class GpuCollector:
     """Samples every GPU on one NVML thread; attributes GPU processes to workloads through the shared resolver."""
 
     def __init__(self, ctx: CollectorContext, cfg: GpuConfig, nvml: Nvml | None = None) -> None:
-        self._ctx = ctx
         self._cfg = cfg
         self._log = ctx.log
         self._resolver: WorkloadResolver = ctx.resolver()

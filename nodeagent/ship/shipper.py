@@ -55,7 +55,6 @@ class Shipper:
         self._clock = clock
         self.window = min(START_WINDOW, batch_max)
         self.current = 0
-        self.closing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._sync_now: asyncio.Event | None = None
@@ -107,7 +106,6 @@ class Shipper:
             # A bounded poll of the spool's counter while the sender works (shutdown only).
             while self.spool.pending_records and time.monotonic() < deadline and self.up.get(self._endpoint()):  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-        self.closing = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

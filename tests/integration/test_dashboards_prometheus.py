@@ -25,30 +25,18 @@ from dashboards.build import substitute
 from tests.integration.agent_proc import http_get, run_agent, wait_until
 from tests.integration.peers import PrometheusPeer, run_prometheus, scrape_config, wait_for_scrapes
 from tests.integration.ship_peers import BackgroundLumberjack
+from tests.integration.test_node_mixin import vector_selectors
 from tests.nvml_double import Field, Gpu, MigDevice, Process, ProcUtil, Scenario, build_or_missing, subprocess_env
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "nodeagent"
-_NAME = re.compile(r"(?<![\w:\"'])([a-zA-Z_:][a-zA-Z0-9_:]*)(?=\s*(?:\{|\[|\)|$|\s|,|[-+*/<>=!]))")
-_KEYWORDS = {
-    "sum", "avg", "min", "max", "count", "rate", "irate", "increase", "by", "without", "on", "ignoring",
-    "group_left", "group_right", "and", "or", "unless", "bool", "offset", "topk", "bottomk", "quantile", "stddev",
-    "label_replace", "label_join", "clamp_min", "clamp_max", "clamp", "abs", "time", "vector", "scalar", "absent",
-    "delta", "deriv", "predict_linear", "histogram_quantile", "avg_over_time", "max_over_time", "min_over_time",
-    "sum_over_time", "count_over_time", "last_over_time", "changes", "resets", "round", "ceil", "floor", "sort",
-    "sort_desc", "group", "count_values", "timestamp", "inf", "nan", "e",
-}  # fmt: skip
 
 
 def metric_names(expr: str) -> set[str]:
-    """Metric names an expression reads (a heuristic good enough for the queries in this repository)."""
-    no_strings = re.sub(r'"[^"]*"', '""', expr)
-    no_labels = re.sub(r"\{[^}]*\}", "{}", no_strings)
-    no_groupings = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", no_labels)
-    names = {n for n in _NAME.findall(no_groupings) if n not in _KEYWORDS and not re.fullmatch(r"\d+[smhdwy]?", n)}
-    return {n for n in names if not re.fullmatch(r"[0-9.]+", n)}
+    """Metric names an expression reads (its vector selectors' names)."""
+    return {sel.split("{", 1)[0] for sel in vector_selectors(expr)} - {""}
 
 
 def filters_by_value(expr: str) -> bool:

@@ -20,6 +20,7 @@ from nodeagent.ship import TransportError
 from nodeagent.ship.http import HttpStatusError, HttpTransport
 from nodeagent.ship.tcp import TcpTransport, encode_json_lines
 from tests.doubles.logstash_http import LogstashHttpInputDouble
+from tests.doubles.tls import make_tls_files
 
 
 def encode(doc: dict[str, Any]) -> bytes:
@@ -65,53 +66,11 @@ async def logstash() -> AsyncIterator[LogstashHttpInputDouble]:
         yield double
 
 
-# A test-only PKI made once for these tests (valid 2000-2199): a CA, and a server certificate it signed for localhost
-# and 127.0.0.1 with its private key. Embedded so that the tests need no openssl binary and no clock luck.
-TEST_CA_PEM = """\
------BEGIN CERTIFICATE-----
-MIIBgTCCASegAwIBAgIUKmgcOnSDFM0N1HX5TMjxIoZeWWIwCgYIKoZIzj0EAwIw
-HDEaMBgGA1UEAwwRbm9kZWFnZW50IHRlc3QgQ0EwIBcNMDAwMTAxMDAwMDAwWhgP
-MjE5OTEyMzEwMDAwMDBaMBwxGjAYBgNVBAMMEW5vZGVhZ2VudCB0ZXN0IENBMFkw
-EwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEZJcMYd2tWrbdwevOCOcdwcdD9zrpbPYM
-5HZ9VjVX5boJLVuSW0Gb3THqsU8t7Xk4fyOeR/hwWFtDPi/WeNykvaNFMEMwEgYD
-VR0TAQH/BAgwBgEB/wIBADAOBgNVHQ8BAf8EBAMCAQYwHQYDVR0OBBYEFNxI8Fii
-9Mn6CCy6Fa1MuX1H1nbMMAoGCCqGSM49BAMCA0gAMEUCICaJNasMftoHJSTz52AK
-uUJAOkSDmCWRtGwTzYV3xAQMAiEA0zOFbpRjGDLmYb2enJYztT0C9t24tnAns0F1
-p/IaxbM=
------END CERTIFICATE-----
-"""
-TEST_SERVER_CERT_PEM = """\
------BEGIN CERTIFICATE-----
-MIIByDCCAW2gAwIBAgIUWmn3pe0Q26goFeLlLLIzTOsjvy0wCgYIKoZIzj0EAwIw
-HDEaMBgGA1UEAwwRbm9kZWFnZW50IHRlc3QgQ0EwIBcNMDAwMTAxMDAwMDAwWhgP
-MjE5OTEyMzEwMDAwMDBaMBQxEjAQBgNVBAMMCWxvY2FsaG9zdDBZMBMGByqGSM49
-AgEGCCqGSM49AwEHA0IABJlw7tD1LrUu7HGlcwrKE6RlHSJ2NuIipVlYP+0lYXte
-sKbjPssjOSKlMs+82TAdaKa5mzlbDHedYOyTI31ZeOCjgZIwgY8wDAYDVR0TAQH/
-BAIwADAOBgNVHQ8BAf8EBAMCB4AwEwYDVR0lBAwwCgYIKwYBBQUHAwEwGgYDVR0R
-BBMwEYIJbG9jYWxob3N0hwR/AAABMB0GA1UdDgQWBBSEJOcYjx2d2SRfF+nofKqJ
-0rnzITAfBgNVHSMEGDAWgBTcSPBYovTJ+ggsuhWtTLl9R9Z2zDAKBggqhkjOPQQD
-AgNJADBGAiEA+xK8H+oUZAsep4dU2M9opkW37DoYuoDX6jw9GRgls2oCIQDp5x2Q
-oCKSJ6OuoCh+EcnElVbj7uEFRV1ASL/JLXVOgQ==
------END CERTIFICATE-----
-"""
-TEST_SERVER_KEY_PEM = """\
------BEGIN PRIVATE KEY-----
-MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgXeU/kk2G8cV+ZWOq
-S+4iN3P6f67iMSawvgK9igFf/vChRANCAASZcO7Q9S61LuxxpXMKyhOkZR0idjbi
-IqVZWD/tJWF7XrCm4z7LIzkipTLPvNkwHWimuZs5Wwx3nWDskyN9WXjg
------END PRIVATE KEY-----
-"""
-
-
 @pytest.fixture
 def tls(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """(server context with the test certificate, client context trusting only the test CA)."""
-    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
-    cert.write_text(TEST_SERVER_CERT_PEM, encoding="ascii")
-    key.write_text(TEST_SERVER_KEY_PEM, encoding="ascii")
-    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server.load_cert_chain(cert, key)
-    return server, ssl.create_default_context(cadata=TEST_CA_PEM)
+    """(server context with a throwaway certificate for localhost, client context trusting only its CA)."""
+    files = make_tls_files(tmp_path / "pki")
+    return files.server_context(), files.client_context()
 
 
 # --- http ----------------------------------------------------------------------------------------------------
