@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from nodeagent import __version__
 from nodeagent.collector import Collector, CollectorContext
@@ -146,9 +147,10 @@ class Agent:
         return [name for name, st in self.states.items() if not st.ready]
 
 
-def build_app(agent: Agent) -> web.Application:
-    """The aiohttp application; the scheduler starts and stops with it."""
-    app = web.Application()
+def build_app(agent: Agent, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The aiohttp application; the scheduler starts and stops with it. ``middlewares`` (e.g. the basic-auth and
+    headers middleware of nodeagent.webconfig) wrap every route."""
+    app = web.Application(middlewares=list(middlewares))
 
     async def lifecycle(_: web.Application):  # type: ignore[no-untyped-def]
         if agent.shipper is not None:

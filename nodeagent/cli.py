@@ -28,6 +28,7 @@ from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option
 from nodeagent.doctor import run_doctor
 from nodeagent.ship.shipper import Shipper, build_shipper
+from nodeagent.webconfig import WebConfig, WebConfigError, WebSecurity, build_ssl_context, load_web_config
 
 EXIT_CONFIG = 2
 
@@ -36,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="YAML configuration file (also NODEAGENT_CONFIG)")
     common.add_argument("--listen", metavar="HOST:PORT", help="address to serve on (key: listen)")
+    common.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="exporter-toolkit web-config file (key: web.config_file)",
+    )
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="key: log.level")
     common.add_argument("--log-format", choices=["json", "console"], help="key: log.format")
     for root in ("procfs", "sysfs", "rootfs", "cgroupfs"):
@@ -104,6 +111,8 @@ def _flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         flags[key] = value
     if args.listen is not None:
         flags["listen"] = args.listen
+    if args.web_config_file is not None:
+        flags["web.config_file"] = args.web_config_file
     if args.log_level is not None:
         flags["log.level"] = args.log_level
     if args.log_format is not None:
@@ -124,13 +133,20 @@ def _split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve(cfg: AgentConfig, shipper: Shipper | None = None) -> int:
+async def _serve(cfg: AgentConfig, shipper: Shipper | None = None, web_config: WebConfig | None = None) -> int:
     log = structlog.get_logger()
     agent = Agent(cfg, shipper=shipper)
-    runner = web.AppRunner(build_app(agent), access_log=None, shutdown_timeout=5.0)
+    security = WebSecurity(web_config) if web_config is not None else None
+    middlewares = [security.middleware] if security is not None else []
+    ssl_context = None
+    if web_config is not None and web_config.tls is not None:
+        ssl_context = build_ssl_context(web_config.tls, web_config.path)
+    if web_config is not None and web_config.ignored:
+        log.warning("web.config_keys_ignored", keys=list(web_config.ignored), path=web_config.path)
+    runner = web.AppRunner(build_app(agent, middlewares), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_host_port(cfg.listen)
-    site = web.TCPSite(runner, host or None, port, reuse_address=True)
+    site = web.TCPSite(runner, host or None, port, reuse_address=True, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -148,7 +164,9 @@ async def _serve(cfg: AgentConfig, shipper: Shipper | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     for problem in agent.missing_roots():
         log.error("agent.root_missing", error={"message": problem})
-    log.info("agent.started", listen=cfg.listen, collectors=agent.names, version=__version__)
+    log.info(
+        "agent.started", listen=cfg.listen, tls=ssl_context is not None, collectors=agent.names, version=__version__
+    )
     await stop.wait()
     log.info("agent.stopping")
     await runner.cleanup()
@@ -190,6 +208,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # once and doctor keep stdout for their output; the daemon logs to stdout as containers expect.
     log_stream = sys.stdout if args.command == "run" else sys.stderr
     shipper = None
+    web_config = None
+    if args.command == "run" and cfg.web.config_file:
+        try:
+            web_config = load_web_config(cfg.web.config_file)
+        except WebConfigError as exc:
+            print(f"nodeagent: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.command == "run":
         try:
             shipper = build_shipper(cfg.logs.ship, structlog.get_logger())
@@ -212,4 +237,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "doctor":
         return asyncio.run(run_doctor(cfg, sys.stdout))
-    return asyncio.run(_serve(cfg, shipper))
+    return asyncio.run(_serve(cfg, shipper, web_config))

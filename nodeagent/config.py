@@ -281,6 +281,15 @@ class LogsConfig(BaseModel):
     ship: ShipConfig = ShipConfig()
 
 
+class WebConfig(BaseModel):
+    """Web security: ``config_file`` names a web-config file in the exporter-toolkit format (TLS, mutual TLS,
+    basic auth, response headers; see nodeagent.webconfig). Empty: plain HTTP, no auth."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config_file: str = ""
+
+
 class AgentConfig(BaseModel):
     """The whole configuration, frozen after validation."""
 
@@ -296,6 +305,7 @@ class AgentConfig(BaseModel):
     runtimes: RuntimesConfig = RuntimesConfig()
     kubelet: KubeletConfig = KubeletConfig()
     collectors: CollectorsConfig = Field(default_factory=CollectorsConfig)  # type: ignore[valid-type]
+    web: WebConfig = WebConfig()
 
     @field_validator("listen")
     @classmethod
