@@ -8,6 +8,7 @@ collector states).
 
 from __future__ import annotations
 
+import asyncio
 import html
 import os
 import time
@@ -45,17 +46,39 @@ class FailedCollector:
 
     async def collect(self) -> Sequence[MetricFamily]:
         """Fail the cycle with the start-up error."""
-        raise RuntimeError(f"collector did not start: {type(self._error).__name__}: {self._error}")
+        raise RuntimeError(f"collector did not start: {type(self._error).__name__}: {self._error}") from self._error
 
     async def aclose(self) -> None:
         """Nothing to release."""
         return None
 
 
+# Keys a reload (SIGHUP) cannot apply to a running process: the listening socket, the shipper's connections and
+# spool, and the web security files (those are re-read on their own when they change).
+RESTART_KEYS = ("listen", "logs.ship", "web")
+
+# What a reload replaces: everything built from the configuration except the shipper.
+_RELOADED_PARTS = ("cfg", "paths", "names", "states", "exposition", "metadata", "workloads", "scheduler")
+
+
+def _key_value(cfg: AgentConfig, dotted: str) -> object:
+    value: object = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
 class Agent:
     """One agent: its collectors' runners and states, the exposition, and the scheduler."""
 
-    def __init__(self, cfg: AgentConfig, names: Sequence[str] | None = None, shipper: Shipper | None = None) -> None:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        names: Sequence[str] | None = None,
+        shipper: Shipper | None = None,
+        owner: Agent | None = None,
+    ) -> None:
+        """``owner``: the running agent a reload builds this one for (its self-metrics are served)."""
         self.cfg = cfg
         self.shipper = shipper
         self.paths = HostPaths(cfg.paths.procfs, cfg.paths.sysfs, cfg.paths.rootfs, cfg.paths.cgroupfs)
@@ -63,7 +86,7 @@ class Agent:
         self.states = {
             name: CollectorState(name, cfg.collector_interval(name), cfg.collector_timeout(name)) for name in self.names
         }
-        self.exposition = Exposition(self.names, self.self_families)
+        self.exposition = Exposition(self.names, (owner or self).self_families)
         log = structlog.get_logger()
         self.metadata = build_metadata(cfg.runtimes, cfg.kubelet, self.paths, log)
         self.workloads = WorkloadResolver(self.paths, self.metadata)
@@ -74,6 +97,45 @@ class Agent:
             runners.append(CollectorRunner(name, collector, self.states[name], self.exposition, clog))
         self.scheduler = Scheduler(runners, cfg.jitter)
         self.started_at = time.time()
+        self.reload_successful = True
+        self.reload_success_time = self.started_at
+        self._reloading = asyncio.Lock()
+
+    async def reload(self, cfg: AgentConfig) -> list[str]:
+        """
+        Apply a new configuration without a restart: collectors, intervals, timeouts, paths, runtimes and the
+        kubelet. The new collectors finish a first cycle while the old ones still serve; then they are swapped and
+        the old ones closed. Returns the changed keys of ``RESTART_KEYS``, which keep their running values.
+        """
+        async with self._reloading:
+            restart = [key for key in RESTART_KEYS if _key_value(cfg, key) != _key_value(self.cfg, key)]
+            applied = cfg.model_copy(
+                update={
+                    "listen": self.cfg.listen,
+                    "web": self.cfg.web,
+                    "logs": cfg.logs.model_copy(update={"ship": self.cfg.logs.ship}),
+                }
+            )
+            if applied != self.cfg:
+                fresh = Agent(applied, shipper=self.shipper, owner=self)
+                await fresh.metadata.sync_once()
+                await fresh.scheduler.run_all_once()
+                old_scheduler, old_metadata = self.scheduler, self.metadata
+                for part in _RELOADED_PARTS:
+                    setattr(self, part, getattr(fresh, part))
+                self.metadata.start()
+                self.scheduler.start()
+                await old_scheduler.stop()
+                await old_metadata.aclose()
+            self.reload_successful = True
+            self.reload_success_time = time.time()
+            self.exposition.invalidate()
+            return restart
+
+    def reload_failed(self) -> None:
+        """Record a reload that was refused (the running configuration stays)."""
+        self.reload_successful = False
+        self.exposition.invalidate()
 
     def _build(self, name: str, log: structlog.typing.FilteringBoundLogger) -> Collector:
         spec = COLLECTORS[name]
@@ -109,7 +171,7 @@ class Agent:
         )
         failures = counter(
             "nodeagent_collector_failures_total",
-            "Failed cycles by reason (error or timeout).",
+            "Failed cycles by reason (timeout, permission_denied, not_found, parse_error, unavailable or error).",
             ("collector", "reason"),
         )
         series = gauge("nodeagent_collector_series", "Series the collector published in its last cycle.", labels)
@@ -123,7 +185,19 @@ class Agent:
             for reason, count in st.failures.items():
                 failures.add((name, reason), count)
             series.add(key, st.series)
-        out = [b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series)]
+        reload_ok = gauge(
+            "nodeagent_config_last_reload_successful",
+            "Whether the last configuration reload (SIGHUP) succeeded (1) or was refused and the running one kept (0).",
+        )
+        reload_ok.add((), 1 if self.reload_successful else 0)
+        reload_time = gauge(
+            "nodeagent_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful configuration reload, or of the start.",
+        )
+        reload_time.add((), self.reload_success_time)
+        out = [
+            b.build() for b in (duration, success, has_data, last_ok, skipped, failures, series, reload_ok, reload_time)
+        ]
         out += EVENTS.families()
         if self.shipper is not None:
             out += self.shipper.families()

@@ -8,6 +8,7 @@ line in ``nodeagent/collectors/__init__.py``.
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Annotated, Any, Generic, Protocol, TypeVar
 import structlog
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 
-from nodeagent.hostfs import HostPaths
+from nodeagent.hostfs import HostPaths, ParseError
 from nodeagent.metrics import MetricFamily
 from nodeagent.workloads import WorkloadResolver
 
@@ -80,6 +81,53 @@ class NoDataError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.hint = hint
+
+
+class SourceUnavailable(Exception):
+    """
+    The source exists on this host but does not answer now (a runtime socket that refuses connections, a GPU
+    that NVML reports lost): a failure, counted with reason ``unavailable``.
+    """
+
+
+# The reasons a failed cycle is counted under (``nodeagent_collector_failures_total{reason}``).
+FAILURE_REASONS = ("timeout", "permission_denied", "not_found", "parse_error", "unavailable", "error")
+
+_ERRNO_REASONS = {
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ENOENT: "not_found",
+    errno.ENODEV: "not_found",
+    errno.ENXIO: "not_found",
+    errno.ETIMEDOUT: "timeout",
+    errno.ECONNREFUSED: "unavailable",
+    errno.ECONNRESET: "unavailable",
+    errno.ECONNABORTED: "unavailable",
+    errno.EPIPE: "unavailable",
+    errno.ENOTCONN: "unavailable",
+    errno.EHOSTUNREACH: "unavailable",
+}
+
+
+def failure_reason(exc: BaseException) -> str:
+    """
+    The reason a cycle failed, one of ``FAILURE_REASONS``, from the exception and the exceptions it was raised
+    from (a collector that wraps an ``OSError`` keeps its errno's reason).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, TimeoutError):
+            return "timeout"
+        if isinstance(current, SourceUnavailable | ConnectionError):
+            return "unavailable"
+        if isinstance(current, ParseError):
+            return "parse_error"
+        if isinstance(current, OSError) and current.errno in _ERRNO_REASONS:
+            return _ERRNO_REASONS[current.errno]
+        current = current.__cause__ or current.__context__
+    return "error"
 
 
 class Collector(Protocol):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from nodeagent.collector import Collector, NoDataError
+from nodeagent.collector import Collector, NoDataError, failure_reason
 from nodeagent.exposition import Exposition
 from nodeagent.metrics import MetricFamily
 
@@ -39,6 +39,8 @@ class CollectorState:
     last_duration: float = 0.0
     last_success_time: float = 0.0
     skipped: int = 0
+    # Failed cycles by reason (nodeagent.collector.FAILURE_REASONS); error and timeout exist from the start, the
+    # rarer reasons from their first occurrence.
     failures: dict[str, int] = field(default_factory=lambda: {"error": 0, "timeout": 0})
     last_error: str = ""
     nodata_reason: str = ""
@@ -113,7 +115,7 @@ class CollectorRunner:
             outcome = "timeout"
             error = f"cycle exceeded its timeout of {state.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - a collector bug must not stop the agent
-            outcome = "error"
+            outcome = failure_reason(exc)
             error = f"{type(exc).__name__}: {exc}"
         duration = time.monotonic() - started
         state.cycles += 1
@@ -134,7 +136,7 @@ class CollectorRunner:
         else:
             state.success = False
             state.has_data = False
-            state.failures[outcome] += 1
+            state.failures[outcome] = state.failures.get(outcome, 0) + 1
             state.last_error = error
             self._log_failure(outcome, error)
         self._log.debug("collector.cycle", outcome=outcome, duration_seconds=round(duration, 6), series=state.series)

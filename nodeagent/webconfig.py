@@ -18,9 +18,17 @@ Differences from exporter-toolkit (Go's ``crypto/tls`` has modes OpenSSL does no
   ``cipher_suites``, ``curve_preferences``, ``prefer_server_cipher_suites``, ``http2`` and ``rate_limit`` are
   accepted and ignored (``WebConfig.ignored`` names them so the caller can warn).
 
-Basic auth and headers are re-read when the file changes (checked on each request by ``os.stat``); a file that
-has become invalid is reported once and the last good configuration stays in force. TLS settings are read
-once at start (a change needs a restart).
+Beyond exporter-toolkit, for Kubernetes scrapers that send a service-account or static token: the agent key
+``web.bearer_token_file`` names a file of accepted bearer tokens, one per line (``Authorization: Bearer ...``).
+With both basic auth users and tokens configured, either one admits a request. ``/healthz`` and ``/readyz`` are
+served without authentication so that kubelet probes and load balancers need no credentials; they reveal
+nothing but liveness and readiness.
+
+Everything is re-read when its file changes: the web-config file, the certificate, key and client CA files it
+names (certificate rotation by cert-manager or a renewal job needs no restart), and the token file. Changes are
+noticed on the next request and at least every ``WATCH_SECONDS``; new TLS connections use the new context,
+established ones keep theirs. A file that has become invalid is reported once per change and the last good
+configuration stays in force. Credentials, tokens and hashes are never logged.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import asyncio
 import base64
 import binascii
 import hashlib
+import hmac
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,6 +53,13 @@ from aiohttp import web
 from nodeagent.config import ConfigError
 
 KEY = "web.config_file"
+TOKEN_KEY = "web.bearer_token_file"
+
+# How often the files are checked for changes when no request comes in (certificate rotation).
+WATCH_SECONDS = 5.0
+
+# Served without authentication (kubelet probes, load balancer health checks).
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 
 TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
     "TLS10": ssl.TLSVersion.TLSv1,
@@ -268,6 +284,52 @@ def build_ssl_context(tls: TlsServerConfig, path: str = "") -> ssl.SSLContext:
     return ctx
 
 
+def load_bearer_tokens(path: str) -> frozenset[bytes]:
+    """
+    The SHA-256 digests of the tokens in ``path``, one per line (blank lines and lines starting with ``#`` are
+    skipped). Raises ``ConfigError`` naming the key and the file (never a token) if the file cannot be read or
+    holds no token.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{TOKEN_KEY} {path}: cannot read: {reason}") from None
+    tokens = [line.strip() for line in text.splitlines()]
+    digests = frozenset(hashlib.sha256(t.encode()).digest() for t in tokens if t and not t.startswith("#"))
+    if not digests:
+        raise ConfigError(f"{TOKEN_KEY} {path}: no token in the file (one token per line)")
+    return digests
+
+
+class ReloadableSSLContext(ssl.SSLContext):
+    """
+    The server's TLS context, whose settings can be replaced while it serves: each new connection is wrapped by
+    the current inner context (certificate, key, client CA, verify mode, versions), through ``wrap_bio``, the one
+    method asyncio's TLS transport calls on a server context.
+    """
+
+    current: ssl.SSLContext
+
+    def __new__(cls, current: ssl.SSLContext) -> ReloadableSSLContext:
+        obj = super().__new__(cls, ssl.PROTOCOL_TLS_SERVER)
+        obj.current = current
+        return obj
+
+    def wrap_bio(
+        self,
+        incoming: ssl.MemoryBIO,
+        outgoing: ssl.MemoryBIO,
+        server_side: bool = False,
+        server_hostname: str | bytes | None = None,
+        session: ssl.SSLSession | None = None,
+    ) -> ssl.SSLObject:
+        """Wrap a new connection with the current settings."""
+        return self.current.wrap_bio(
+            incoming, outgoing, server_side=server_side, server_hostname=server_hostname, session=session
+        )
+
+
 def _cache_key(user: str, password: bytes, hashed: bytes) -> bytes:
     return hashlib.sha256(user.encode() + b"\0" + password + b"\0" + hashed).digest()
 
@@ -279,13 +341,32 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class WebSecurity:
-    """The live web configuration: basic auth and headers middleware, re-read when the file changes."""
+    """
+    The live web configuration: the auth and headers middleware and the TLS context, re-read when their files
+    change (see the module docstring).
+    """
 
-    def __init__(self, config: WebConfig) -> None:
-        self.config = config
-        self._stamp = self._stat(config.path)
+    def __init__(self, config: WebConfig | None, token_file: str = "") -> None:
+        self.config = config if config is not None else WebConfig(path="")
+        self.token_file = token_file
+        self.tokens: frozenset[bytes] = load_bearer_tokens(token_file) if token_file else frozenset()
+        self.ssl_context: ReloadableSSLContext | None = None
+        if self.config.tls is not None:
+            self.ssl_context = ReloadableSSLContext(build_ssl_context(self.config.tls, self.config.path))
+        self._stamps = self._stamp_files()
         self._cache: set[bytes] = set()  # digests of (user, password, hash) that bcrypt accepted
         self._log = structlog.get_logger()
+        self._checked_at = 0.0
+
+    def _files(self) -> list[str]:
+        files = [self.config.path] if self.config.path else []
+        tls = self.config.tls
+        if tls is not None:
+            files += [tls.cert_file, tls.key_file] + ([tls.client_ca_file] if tls.client_ca_file else [])
+        return files + ([self.token_file] if self.token_file else [])
+
+    def _stamp_files(self) -> dict[str, tuple[int, int, int] | None]:
+        return {path: self._stat(path) for path in self._files()}
 
     @staticmethod
     def _stat(path: str) -> tuple[int, int, int] | None:
@@ -295,29 +376,77 @@ class WebSecurity:
             return None
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
-    def reload_if_changed(self) -> None:
-        """Re-read the file if its mtime, size or inode changed; keep the last good configuration on error."""
-        stamp = self._stat(self.config.path)
-        if stamp == self._stamp:
-            return
-        self._stamp = stamp
+    def reload_if_changed(self) -> bool:
+        """
+        Re-read what changed (mtime, size or inode of any file); keep the last good configuration of each part
+        on error. Returns whether anything was reloaded.
+        """
+        stamps = self._stamp_files()
+        if stamps == self._stamps:
+            return False
+        self._stamps = stamps
+        reloaded = False
+        if self.config.path:
+            reloaded = self._reload_web_config()
+        if self.token_file:
+            try:
+                tokens = load_bearer_tokens(self.token_file)
+            except ConfigError as exc:
+                self._log.error("web.bearer_tokens_reload_failed", error={"message": str(exc)})
+            else:
+                if tokens != self.tokens:
+                    self.tokens = tokens
+                    reloaded = True
+                    self._log.info("web.bearer_tokens_reloaded", path=self.token_file, tokens=len(tokens))
+        self._stamps = self._stamp_files()  # the set of files may have changed with the web-config
+        return reloaded
+
+    def _reload_web_config(self) -> bool:
         try:
             new = load_web_config(self.config.path)
+            context = build_ssl_context(new.tls, new.path) if new.tls is not None else None
         except WebConfigError as exc:
             self._log.error("web.config_reload_failed", error={"message": str(exc)}, path=self.config.path)
-            return
-        if new.tls != self.config.tls:
-            self._log.warning("web.config_tls_changed_needs_restart", path=self.config.path)
+            return False
+        if (context is None) != (self.ssl_context is None):
+            # The listening socket was opened with or without TLS; switching needs a new socket.
+            self._log.error(
+                "web.config_reload_failed",
+                error={"message": "turning TLS on or off needs a restart; keeping the running configuration"},
+                path=self.config.path,
+            )
+            return False
+        if self.ssl_context is not None and context is not None:
+            self.ssl_context.current = context
         self.config = new
         self._cache.clear()
-        self._log.info("web.config_reloaded", path=self.config.path)
+        self._log.info("web.config_reloaded", path=self.config.path, tls=context is not None)
+        return True
+
+    async def watch(self) -> None:
+        """Check the files every ``WATCH_SECONDS`` (for certificates rotated while no request comes in)."""
+        while True:
+            await asyncio.sleep(WATCH_SECONDS)
+            self.reload_if_changed()
+
+    def _bearer_ok(self, header: str) -> bool:
+        digest = hashlib.sha256(header[7:].strip().encode("utf-8", "replace")).digest()
+        ok = False
+        for accepted in self.tokens:  # compare against every token, in constant time each
+            ok |= hmac.compare_digest(digest, accepted)
+        return ok
 
     async def authorized(self, header: str | None) -> bool:
-        """Whether an ``Authorization`` header names a configured user with the right password."""
+        """Whether an ``Authorization`` header carries an accepted token or a configured user's password."""
         users = self.config.users
-        if not users:
+        if not users and not self.tokens:
             return True
-        if not header or header[:6].lower() != "basic ":
+        if not header:
+            return False
+        scheme = header[:7].lower()
+        if scheme == "bearer ":
+            return bool(self.tokens) and self._bearer_ok(header)
+        if scheme[:6] != "basic " or not users:
             return False
         try:
             decoded = base64.b64decode(header[6:].strip(), validate=True)
@@ -340,15 +469,19 @@ class WebSecurity:
             return True
         return False
 
+    def _challenge(self) -> str:
+        schemes = (['Basic realm="nodeagent"'] if self.config.users else []) + (
+            ['Bearer realm="nodeagent"'] if self.tokens else []
+        )
+        return ", ".join(schemes)
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """aiohttp middleware: basic auth (401 with ``WWW-Authenticate``) and the configured headers."""
+        """aiohttp middleware: basic or bearer auth (401 with ``WWW-Authenticate``) and the configured headers."""
         self.reload_if_changed()
-        if await self.authorized(request.headers.get("Authorization")):
+        if request.path in OPEN_PATHS or await self.authorized(request.headers.get("Authorization")):
             response = await handler(request)
         else:
-            response = web.Response(
-                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": 'Basic realm="nodeagent"'}
-            )
+            response = web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": self._challenge()})
         response.headers.update(self.config.headers)
         return response

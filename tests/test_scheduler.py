@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import time
 from collections.abc import Sequence
@@ -10,8 +11,9 @@ from collections.abc import Sequence
 import structlog
 from structlog.testing import capture_logs
 
-from nodeagent.collector import NoDataError
+from nodeagent.collector import FAILURE_REASONS, NoDataError, SourceUnavailable, failure_reason
 from nodeagent.exposition import Exposition
+from nodeagent.hostfs import ParseError
 from nodeagent.metrics import MetricFamily, single
 from nodeagent.scheduler import CollectorRunner, CollectorState, Scheduler
 
@@ -202,3 +204,56 @@ async def test_collector_that_cannot_start_fails_its_cycles_only() -> None:
 
     assert (False, True) == (agent.states["loadavg"].success, agent.states["stat"].success)
     assert "collector did not start: PermissionError: cannot open /dev/nvidiactl" in agent.states["loadavg"].last_error
+
+
+async def test_failures_are_counted_by_reason() -> None:
+    """Each kind of failure is counted and logged under its own reason; errno reasons survive wrapping."""
+    errors: list[BaseException] = [
+        PermissionError(errno.EACCES, "Permission denied", "/run/containerd/containerd.sock"),
+        FileNotFoundError(errno.ENOENT, "No such file or directory", "/proc/pressure/cpu"),
+        ParseError("/proc/stat line 3: expected 10 fields"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused"),
+        SourceUnavailable("GPU 0 is lost"),
+        RuntimeError("disk on fire"),
+    ]
+
+    async def failing(call: int) -> Sequence[MetricFamily]:
+        if call == len(errors) + 1:
+            try:
+                raise PermissionError(errno.EPERM, "Operation not permitted")
+            except PermissionError as exc:
+                raise RuntimeError("setns failed") from exc
+        raise errors[call - 1]
+
+    exposition = Exposition(["x"], lambda: [])
+    runner = _runner("x", Scripted(failing), exposition)
+    with capture_logs() as logs:
+        for _ in range(len(errors) + 1):
+            await runner.run_once()
+
+    assert {
+        "error": 1,
+        "timeout": 0,
+        "permission_denied": 2,
+        "not_found": 1,
+        "parse_error": 1,
+        "unavailable": 2,
+    } == runner.state.failures
+    assert [
+        "permission_denied",
+        "not_found",
+        "parse_error",
+        "unavailable",
+        "unavailable",
+        "error",
+        "permission_denied",
+    ] == [e["reason"] for e in logs if e["event"] == "collector.failed"]
+    assert set(runner.state.failures) <= set(FAILURE_REASONS)
+
+
+def test_failure_reason_of_plain_errors() -> None:
+    """Timeouts in any form are timeouts; an OSError with an unlisted errno is an error."""
+    assert "timeout" == failure_reason(TimeoutError())
+    assert "timeout" == failure_reason(OSError(errno.ETIMEDOUT, "Connection timed out"))
+    assert "error" == failure_reason(OSError(errno.EIO, "Input/output error"))
+    assert "error" == failure_reason(ValueError("bad"))

@@ -294,8 +294,8 @@ def test_a_cycle_over_its_timeout_fails_alone_and_the_series_come_back(
     }
     # While the NVML thread is still stuck, the next cycles fail at once instead of queueing behind it.
     busy = "NvmlBusy: the previous NVML pass has not returned (a GPU or the driver is not answering)"
-    assert [("error", busy)] == [(d.get("nodeagent.reason"), d.get("error.message")) for d in failed[1:2]]
-    assert back[("nodeagent_collector_failures_total", (("collector", "gpu"), ("reason", "error")))] >= 1
+    assert [("timeout", busy)] == [(d.get("nodeagent.reason"), d.get("error.message")) for d in failed[1:2]]
+    assert back[("nodeagent_collector_failures_total", (("collector", "gpu"), ("reason", "timeout")))] >= 2
     assert any(d.get("message") == "collector.recovered" and d.get("nodeagent.collector") == "gpu" for d in docs)
 
 
