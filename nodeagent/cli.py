@@ -15,7 +15,7 @@ import platform
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from importlib.metadata import version as dist_version
 from typing import Any
 
@@ -28,7 +28,7 @@ from nodeagent.collectors import COLLECTORS
 from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option
 from nodeagent.doctor import run_doctor
 from nodeagent.ship.shipper import Shipper, build_shipper
-from nodeagent.webconfig import WebConfig, WebConfigError, WebSecurity, build_ssl_context, load_web_config
+from nodeagent.webconfig import WebSecurity, load_web_config
 
 EXIT_CONFIG = 2
 
@@ -133,16 +133,51 @@ def _split_host_port(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _serve(cfg: AgentConfig, shipper: Shipper | None = None, web_config: WebConfig | None = None) -> int:
+async def _reload(
+    agent: Agent,
+    security: WebSecurity | None,
+    read_config: Callable[[], AgentConfig],
+    apply_logs: Callable[[AgentConfig], None],
+) -> None:
+    """SIGHUP: re-read the configuration and apply it; an invalid one is logged and the running one kept."""
+    log = structlog.get_logger()
+    log.info("config.reload_requested")
+    if security is not None:
+        security.reload_if_changed()
+    try:
+        cfg = read_config()
+    except ConfigError as exc:
+        agent.reload_failed()
+        log.error("config.reload_failed", error={"message": str(exc)})
+        return
+    running = agent.cfg
+    # First the log level and format: the new collectors bind their loggers when they are built.
+    apply_logs(cfg)
+    try:
+        restart = await agent.reload(cfg)
+    except Exception as exc:  # noqa: BLE001 - a failed reload must leave the agent serving
+        apply_logs(running)
+        agent.reload_failed()
+        log.error("config.reload_failed", error={"message": f"{type(exc).__name__}: {exc}"})
+        return
+    if restart:
+        log.warning("config.reload_needs_restart", keys=restart)
+    log.info("config.reloaded", collectors=agent.names)
+
+
+async def _serve(
+    cfg: AgentConfig,
+    shipper: Shipper | None = None,
+    security: WebSecurity | None = None,
+    read_config: Callable[[], AgentConfig] | None = None,
+    apply_logs: Callable[[AgentConfig], None] = lambda _: None,
+) -> int:
     log = structlog.get_logger()
     agent = Agent(cfg, shipper=shipper)
-    security = WebSecurity(web_config) if web_config is not None else None
     middlewares = [security.middleware] if security is not None else []
-    ssl_context = None
-    if web_config is not None and web_config.tls is not None:
-        ssl_context = build_ssl_context(web_config.tls, web_config.path)
-    if web_config is not None and web_config.ignored:
-        log.warning("web.config_keys_ignored", keys=list(web_config.ignored), path=web_config.path)
+    ssl_context = security.ssl_context if security is not None else None
+    if security is not None and security.config.ignored:
+        log.warning("web.config_keys_ignored", keys=list(security.config.ignored), path=security.config.path)
     runner = web.AppRunner(build_app(agent, middlewares), access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_host_port(cfg.listen)
@@ -162,6 +197,17 @@ async def _serve(cfg: AgentConfig, shipper: Shipper | None = None, web_config: W
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    background: set[asyncio.Task[None]] = set()
+
+    def spawn(coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    if read_config is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(_reload(agent, security, read_config, apply_logs)))
+    if security is not None:
+        spawn(security.watch())
     for problem in agent.missing_roots():
         log.error("agent.root_missing", error={"message": problem})
     log.info(
@@ -169,6 +215,10 @@ async def _serve(cfg: AgentConfig, shipper: Shipper | None = None, web_config: W
     )
     await stop.wait()
     log.info("agent.stopping")
+    loop.remove_signal_handler(signal.SIGHUP)
+    for task in background:
+        task.cancel()
+    await asyncio.gather(*background, return_exceptions=True)
     await runner.cleanup()
     log.info("agent.stopped")
     return 0
@@ -208,11 +258,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # once and doctor keep stdout for their output; the daemon logs to stdout as containers expect.
     log_stream = sys.stdout if args.command == "run" else sys.stderr
     shipper = None
-    web_config = None
-    if args.command == "run" and cfg.web.config_file:
+    security = None
+    if args.command in ("run", "config") and (cfg.web.config_file or cfg.web.bearer_token_file):
         try:
-            web_config = load_web_config(cfg.web.config_file)
-        except WebConfigError as exc:
+            web_config = load_web_config(cfg.web.config_file) if cfg.web.config_file else None
+            security = WebSecurity(web_config, cfg.web.bearer_token_file)
+        except ConfigError as exc:
             print(f"nodeagent: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     if args.command == "run":
@@ -221,12 +272,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ssl.SSLError) as exc:
             print(f"nodeagent: logs.ship: cannot start shipping: {exc}", file=sys.stderr)
             return EXIT_CONFIG
-    logs.configure(
-        cfg.log.level if args.command == "run" else "warning",
-        cfg.log.format,
-        log_stream,
-        sink=shipper.submit if shipper is not None else None,
-    )
+
+    def apply_logs(applied: AgentConfig) -> None:
+        logs.configure(
+            applied.log.level if args.command == "run" else "warning",
+            applied.log.format,
+            log_stream,
+            sink=shipper.submit if shipper is not None else None,
+        )
+
+    apply_logs(cfg)
     if args.command == "config":
         print(f"{args.file}: valid\n---")
         print(dump(cfg), end="")
@@ -237,4 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "doctor":
         return asyncio.run(run_doctor(cfg, sys.stdout))
-    return asyncio.run(_serve(cfg, shipper, web_config))
+
+    def read_config() -> AgentConfig:
+        return build_config(args.config, os.environ, _flag_overrides(args))
+
+    return asyncio.run(_serve(cfg, shipper, security, read_config, apply_logs))
