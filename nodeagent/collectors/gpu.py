@@ -149,8 +149,8 @@ class GpuConfig(CollectorConfig):
     xid_events: bool = True
 
 
-class NvmlBusy(RuntimeError):
-    """The previous NVML pass has not returned: the driver or a GPU is not answering."""
+class NvmlBusy(TimeoutError):
+    """The previous NVML pass has not returned: the driver or a GPU is not answering (counted as a timeout)."""
 
 
 class GpuCollector:
