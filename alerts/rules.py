@@ -105,6 +105,7 @@ CONFIG: dict[str, Any] = {
         "down_for": "15m",
         "absent_for": "15m",
         "collector_failing_for": "15m",
+        "config_reload_failed_for": "10m",
         "log_stalled_seconds": 300,
         "log_stalled_for": "5m",
         "log_dropped_window": "15m",
@@ -498,6 +499,16 @@ def agent_rules(c: dict[str, Any]) -> list[dict[str, Any]]:
             "Collector {{ $labels.collector }} of nodeagent on {{ $labels.instance }} has failed every cycle for "
             f"{a['collector_failing_for']}; its metrics are missing.",
             a["collector_failing_for"],
+        ),
+        _alert(
+            "NodeAgentConfigReloadFailed",
+            f"nodeagent_config_last_reload_successful{_selector(s)} == 0",
+            "warning",
+            "nodeagent refused its new configuration.",
+            "The last configuration reload (SIGHUP) of nodeagent on {{ $labels.instance }} was refused "
+            f"{a['config_reload_failed_for']} ago or more; it runs on its previous configuration and will not start "
+            "again with the file on disk.",
+            a["config_reload_failed_for"],
         ),
         _alert(
             "NodeAgentLogShippingStalled",
