@@ -20,12 +20,11 @@ from importlib.metadata import version as dist_version
 from typing import Any
 
 import structlog
-from aiohttp import web
 
-from nodeagent import __version__, logs
+from nodeagent import __version__, httpserver, logs
 from nodeagent.agent import Agent, build_app
 from nodeagent.collectors import COLLECTORS
-from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option
+from nodeagent.config import AgentConfig, ConfigError, build_config, dump, parse_set_option, redact_url_credentials
 from nodeagent.doctor import run_doctor
 from nodeagent.ship.shipper import Shipper, build_shipper
 from nodeagent.webconfig import WebSecurity, load_web_config
@@ -178,10 +177,10 @@ async def _serve(
     ssl_context = security.ssl_context if security is not None else None
     if security is not None and security.config.ignored:
         log.warning("web.config_keys_ignored", keys=list(security.config.ignored), path=security.config.path)
-    runner = web.AppRunner(build_app(agent, middlewares), access_log=None, shutdown_timeout=5.0)
+    runner = httpserver.make_runner(build_app(agent, middlewares), cfg.web, shutdown_timeout=5.0)
     await runner.setup()
     host, port = _split_host_port(cfg.listen)
-    site = web.TCPSite(runner, host or None, port, reuse_address=True, ssl_context=ssl_context)
+    site = httpserver.LimitedSite(runner, host or None, port, cfg.web, ssl_context=ssl_context)
     try:
         await site.start()
     except OSError as exc:
@@ -269,8 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         try:
             shipper = build_shipper(cfg.logs.ship, structlog.get_logger())
-        except (OSError, ssl.SSLError) as exc:
-            print(f"nodeagent: logs.ship: cannot start shipping: {exc}", file=sys.stderr)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            message = redact_url_credentials(str(exc))
+            print(f"nodeagent: logs.ship: cannot start shipping: {message}", file=sys.stderr)
             return EXIT_CONFIG
 
     def apply_logs(applied: AgentConfig) -> None:

@@ -9,6 +9,7 @@ line in ``nodeagent/collectors/__init__.py``.
 from __future__ import annotations
 
 import errno
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,13 +36,18 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 15s, 500ms, 1m or a number of seconds")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer past the float range
+            raise ValueError("a duration must be a finite number of seconds") from None
     elif isinstance(value, str) and (m := _DURATION_RE.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError("expected a duration such as 15s, 500ms, 1m or a number of seconds")
     if not seconds > 0:
         raise ValueError("a duration must be greater than 0")
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number of seconds")
     return seconds
 
 
@@ -52,7 +58,7 @@ def check_regex(value: str) -> str:
     """Accept a string only if it compiles as a Python regular expression."""
     try:
         re.compile(value)
-    except re.error as exc:
+    except (re.error, OverflowError, RecursionError) as exc:  # a{4294967296}; thousands of nested groups
         raise ValueError(f"not a valid regular expression ({exc})") from None
     return value
 

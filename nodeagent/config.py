@@ -32,6 +32,14 @@ DEFAULT_PORT = 10142
 DEFAULT_LISTEN = f"0.0.0.0:{DEFAULT_PORT}"
 
 
+_URL_PASSWORD = re.compile(r"(?<=://)([^/@\s:'\"]*):[^/@\s'\"]*@")
+
+
+def redact_url_credentials(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
 class ConfigError(Exception):
     """Invalid start-up configuration; the message is meant for a person and names the key."""
 
@@ -259,6 +267,8 @@ class ShipConfig(BaseModel):
             if self.protocol == "http":
                 if not re.match(r"^https?://[^/\s]+", host):
                     raise ValueError(f"hosts: {host!r} is not an http(s) URL (the http protocol posts to a URL)")
+                if self.tls.enabled and not host.startswith("https://"):
+                    raise ValueError(f"hosts: {host!r} is not https:// but tls.enabled is true")
             else:
                 _host_port(host)
         if self.backoff_initial > self.backoff_max:
@@ -283,11 +293,29 @@ class LogsConfig(BaseModel):
 
 class WebConfig(BaseModel):
     """Web security: ``config_file`` names a web-config file in the exporter-toolkit format (TLS, mutual TLS,
-    basic auth, response headers; see nodeagent.webconfig). Empty: plain HTTP, no auth."""
+    basic auth, response headers; see nodeagent.webconfig). Empty: plain HTTP, no auth. And the HTTP server's
+    limits on connections, time and request sizes (nodeagent.httpserver)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     config_file: str = ""
+    # A file of accepted bearer tokens, one per line (e.g. a Secret mounted for Kubernetes scrapers); re-read when
+    # it changes. Empty: no bearer-token check. See nodeagent.webconfig.
+    bearer_token_file: str = ""
+
+    # Limits of the HTTP server (nodeagent.httpserver; defaults and why: docs/web-limits.md). Above
+    # max_connections, new connections wait in the kernel's listen backlog until one closes.
+    max_connections: int = Field(1024, ge=1, le=100_000)
+    # From the connection's start (after TLS), or a request's first byte, until its header is complete.
+    header_read_timeout: Duration = 10.0
+    keepalive_timeout: Duration = 75.0  # an idle kept-alive connection is closed after this
+    write_timeout: Duration = 30.0  # the whole response must be taken by the client within this
+    tls_handshake_timeout: Duration = 10.0  # also bounds the TLS closing handshake
+    max_request_line_bytes: int = Field(8190, ge=256, le=1 << 20)
+    max_header_field_bytes: int = Field(8190, ge=256, le=1 << 20)  # one header line, name and value
+    max_headers: int = Field(100, ge=8, le=10_000)
+    # No endpoint reads a body: a larger one is refused (413) from its Content-Length before any of it is read.
+    max_request_body_bytes: int = Field(4096, ge=0, le=1 << 30)
 
 
 class AgentConfig(BaseModel):
@@ -374,7 +402,9 @@ def _scalar(text: str) -> Any:
     """Parse an environment or ``--set`` value as a YAML scalar (``false``, ``15s``, ``3``)."""
     try:
         return yaml.safe_load(text) if text.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):
+        # Not YAML (PyYAML also raises ValueError for an integer of over 4300 digits, RecursionError for deep
+        # nesting): the value is the text itself.
         return text
 
 
@@ -387,7 +417,11 @@ def load_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path}: not found") from exc
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path}: not UTF-8 text ({exc.reason})") from exc
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # Besides YAMLError, PyYAML raises ValueError for an integer of over 4300 digits and RecursionError for
+        # nesting deeper than the interpreter's recursion limit.
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
@@ -448,7 +482,8 @@ def _describe(exc: ValidationError, sources: str) -> str:
             lines.append(msg)
             continue
         lines.append(f"{key}: invalid value {value!r}: {msg}")
-    return f"invalid configuration ({sources}):\n  " + "\n  ".join(lines)
+    # A bad Logstash URL is quoted back to the user: never with its password.
+    return redact_url_credentials(f"invalid configuration ({sources}):\n  " + "\n  ".join(lines))
 
 
 def build_config(
@@ -489,5 +524,5 @@ def parse_set_option(option: str) -> tuple[str, Any]:
 
 
 def dump(cfg: AgentConfig) -> str:
-    """The effective configuration as YAML (for ``config check``)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The effective configuration as YAML (for ``config check``), passwords in URLs replaced by ``***``."""
+    return redact_url_credentials(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))

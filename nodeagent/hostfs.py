@@ -20,6 +20,26 @@ class ParseError(ValueError):
     """A host file did not have the expected format; the message names the file or field and the line."""
 
 
+# Kernel counters and limits are u64, a few s64 (a v1 CFS quota of -1, vmstat's per-CPU drift): a number beyond that
+# range is corrupt, and would overflow the float a sample holds (OverflowError far from the file that caused it).
+KERNEL_INT_MIN = -(1 << 63)
+KERNEL_INT_MAX = (1 << 64) - 1
+
+
+def kernel_int(token: str, base: int = 10) -> int:
+    """
+    ``int(token, base)`` limited to the range of a kernel value (s64 to u64), for parsers of kernel text files.
+
+    Raises:
+        ValueError: not an integer, or one out of that range; parsers turn it into a ``ParseError`` naming the
+            file and the line, as they do for any other malformed number.
+    """
+    value = int(token, base)
+    if not KERNEL_INT_MIN <= value <= KERNEL_INT_MAX:
+        raise ValueError(f"{token[:40]!r} is out of the range of a kernel counter")
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class HostPaths:
     """The roots through which every host file is read."""

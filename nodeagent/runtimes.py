@@ -19,16 +19,24 @@ import structlog
 
 from nodeagent.events import emit
 from nodeagent.scheduler import new_trace_ids
-from nodeagent.sources.runtime_model import ContainerEvent, ContainerRecord, RuntimeClient, RuntimeUnavailable
+from nodeagent.sources.runtime_model import (
+    ContainerEvent,
+    ContainerRecord,
+    RuntimeClient,
+    RuntimeUnavailable,
+    UnavailableKind,
+)
 
 if TYPE_CHECKING:
     from nodeagent.config import KubeletConfig, RuntimesConfig
     from nodeagent.hostfs import HostPaths
     from nodeagent.sources.podresources import DeviceAllocation, PodResourcesClient
 
-# Reconnect backoff: doubles from the first to the last, with +-20 % jitter so agents do not reconnect in step.
+# Reconnect backoff: doubles from the first to the last, with +-20 % jitter so agents do not reconnect in step. The
+# last (12 s at most with jitter) stays under the default 15 s interval, so a runtime that is back after a long
+# outage is named again within one collection cycle; an attempt costs a stat, or a connect to a local socket.
 BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = 10.0
 # A container id the cgroup walk saw but no runtime knows triggers a re-list, at most this often per runtime.
 MISS_RELIST_INTERVAL = 30.0
 
@@ -64,8 +72,9 @@ EMPTY_INDEX = MetadataIndex(0, {}, {})
 
 @dataclass(slots=True)
 class RuntimeStatus:
-    """How the watcher of one runtime is doing: ``state`` is ``up``, ``down`` (was up or answered wrongly) or
-    ``missing`` (socket absent since start-up); ``reason`` says why it is not up."""
+    """How the watcher of one runtime is doing: ``state`` is ``up``, ``down`` (was up, or its socket exists but
+    refuses this process) or ``missing`` (not answered since start-up, socket absent or dead); ``reason`` says why
+    it is not up, and ``failures`` counts failed attempts while down by ``RuntimeUnavailable.kind``."""
 
     runtime: str
     socket: str
@@ -75,6 +84,22 @@ class RuntimeStatus:
     events: int = 0
     containers: int = 0
     last_change: float = 0.0
+    failures: dict[str, int] = field(default_factory=dict)
+
+    def fail(self, reason: str, kind: UnavailableKind) -> bool:
+        """
+        Record a failed attempt; returns whether the state or reason changed (worth a log line). A runtime that
+        answered once is ``down``; before that it is ``missing``, except that a socket this process may not use
+        is ``down`` at once: it exists, so its absence from the metrics would hide a misconfiguration.
+        """
+        new_state = "down" if self.state in ("up", "down") or kind == "permission_denied" else "missing"
+        changed = (self.state, self.reason) != (new_state, reason)
+        if new_state == "down":
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+        if changed:
+            self.last_change = time.time()
+        self.state, self.reason = new_state, reason
+        return changed
 
 
 class RuntimeMetadata:
@@ -149,7 +174,7 @@ class RuntimeMetadata:
             try:
                 records = await client.list()
             except (RuntimeUnavailable, TimeoutError) as exc:
-                self._set_down(client, _reason(exc))
+                self._set_down(client, *_reason(exc))
                 continue
             self._replace(client.runtime, records)
             self._set_up(client)
@@ -200,18 +225,19 @@ class RuntimeMetadata:
     async def _watch(self, client: RuntimeClient) -> None:
         backoff = BACKOFF_FIRST
         while True:
+            kind: UnavailableKind = "unavailable"
             try:
                 await self._session(client)
                 reason = "the event stream ended (runtime restarting?)"
             except RuntimeUnavailable as exc:
-                reason = exc.reason
+                reason, kind = exc.reason, exc.kind
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a client bug must not end the watcher
-                reason = f"unexpected {type(exc).__name__}: {exc}"
+                reason, kind = f"unexpected {type(exc).__name__}: {exc}", "error"
                 self.log.error("runtime.watch_failed", **{"error.message": reason, "container.runtime": client.runtime})
             was_up = self.statuses[client.runtime].state == "up"
-            self._set_down(client, reason)
+            self._set_down(client, reason, kind)
             await client.aclose()
             if was_up:
                 backoff = BACKOFF_FIRST
@@ -332,22 +358,22 @@ class RuntimeMetadata:
             )
         status.state, status.reason, status.last_change = "up", "", time.time()
 
-    def _set_down(self, client: RuntimeClient, reason: str) -> None:
+    def _set_down(self, client: RuntimeClient, reason: str, kind: UnavailableKind) -> None:
         status = self.statuses[client.runtime]
-        # "missing" until the runtime has answered once; "down" after it has.
-        new_state = "down" if status.state in ("up", "down") else "missing"
-        if (status.state, status.reason) != (new_state, reason):
-            fields = {"container.runtime": client.runtime, "nodeagent.runtime.socket": client.socket}
-            if status.state == "up":
+        was = status.state
+        if status.fail(reason, kind):
+            fields = {"container.runtime": client.runtime, "nodeagent.runtime.socket": client.socket, "reason": kind}
+            if was == "up":
                 self.log.warning(
                     "runtime.disconnected",
                     message=f"{client.runtime}: {reason}; its containers' names are empty until it is back",
                     **fields,
                 )
+            elif status.state == "down" and was != "down":
+                # A socket that exists but refuses this process: a misconfiguration a person has to fix.
+                self.log.warning("runtime.unavailable", message=f"{client.runtime}: {reason}", **fields)
             else:
                 self.log.debug("runtime.unavailable", message=f"{client.runtime}: {reason}", **fields)
-            status.last_change = time.time()
-        status.state, status.reason = new_state, reason
         if self._records[client.runtime]:
             self._records[client.runtime] = {}
             status.containers = 0
@@ -389,10 +415,12 @@ class RuntimeMetadata:
         )
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException) -> tuple[str, UnavailableKind]:
     if isinstance(exc, RuntimeUnavailable):
-        return exc.reason
-    return "no answer in time" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        return exc.reason, exc.kind
+    if isinstance(exc, TimeoutError):
+        return "no answer in time", "timeout"
+    return f"{type(exc).__name__}: {exc}", "error"
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -503,11 +531,10 @@ class PodDeviceCache:
         except RuntimeUnavailable as exc:
             result = "rate_limited" if "RESOURCE_EXHAUSTED" in exc.reason else "error"
             self.calls[result] = self.calls.get(result, 0) + 1
-            new_state = "missing" if status.state == "missing" else "down"
-            if (status.state, status.reason) != (new_state, exc.reason):
-                log = self.log.warning if status.state == "up" else self.log.debug
-                log("kubelet.podresources_unavailable", message=f"kubelet PodResources: {exc.reason}")
-            status.state, status.reason = new_state, exc.reason
+            was = status.state
+            if status.fail(exc.reason, exc.kind):
+                log = self.log.warning if was == "up" or (status.state == "down" and was != "down") else self.log.debug
+                log("kubelet.podresources_unavailable", message=f"kubelet PodResources: {exc.reason}", reason=exc.kind)
             await self.client.aclose()
             if self._clock() - self._good_at > self.stale_after:
                 self._value = []

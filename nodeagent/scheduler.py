@@ -111,9 +111,10 @@ class CollectorRunner:
         except NoDataError as exc:
             outcome = "nodata"
             error = exc.reason
-        except TimeoutError:
+        except TimeoutError as exc:
             outcome = "timeout"
-            error = f"cycle exceeded its timeout of {state.timeout:g}s"
+            # The scheduler's own timeout has no message; a collector's (a stuck source) says what hung.
+            error = f"{type(exc).__name__}: {exc}" if str(exc) else f"cycle exceeded its timeout of {state.timeout:g}s"
         except Exception as exc:  # noqa: BLE001 - a collector bug must not stop the agent
             outcome = failure_reason(exc)
             error = f"{type(exc).__name__}: {exc}"

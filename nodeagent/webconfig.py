@@ -215,7 +215,8 @@ def parse_web_config(text: str, path: str) -> WebConfig:
     """Validate the text of a web-config file; ``WebConfigError`` names the key."""
     try:
         tree = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:
+        # PyYAML also raises ValueError (an integer of over 4300 digits) and RecursionError (deep nesting).
         raise WebConfigError(path, "", f"not valid YAML: {exc}") from None
     root = _mapping(path, "(top level)", tree)
     _strict(path, "", root, _TOP_KEYS)
@@ -230,7 +231,12 @@ def parse_web_config(text: str, path: str) -> WebConfig:
         if not isinstance(user, str) or not user or ":" in user:
             raise WebConfigError(path, key, "a user name must be a non-empty string without ':'")
         # Never echo the hash itself in the message.
-        if not isinstance(hashed, str) or not hashed.startswith(("$2a$", "$2b$", "$2y$")) or len(hashed) != 60:
+        if (
+            not isinstance(hashed, str)
+            or not hashed.isascii()
+            or not hashed.startswith(("$2a$", "$2b$", "$2y$"))
+            or len(hashed) != 60
+        ):
             raise WebConfigError(path, key, "expected a bcrypt hash ($2a$/$2b$/$2y$, 60 characters)")
         users[user] = hashed.encode("ascii")
 
@@ -268,7 +274,7 @@ def build_ssl_context(tls: TlsServerConfig, path: str = "") -> ssl.SSLContext:
         ctx.maximum_version = tls.max_version
     try:
         ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
+    except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a path with a NUL byte
         raise WebConfigError(
             path, prefix + "cert_file", f"cannot load {tls.cert_file} / {tls.key_file}: {exc}"
         ) from None
@@ -279,7 +285,7 @@ def build_ssl_context(tls: TlsServerConfig, path: str = "") -> ssl.SSLContext:
                 ctx.load_verify_locations(cafile=tls.client_ca_file)
             else:
                 ctx.load_default_certs(ssl.Purpose.CLIENT_AUTH)
-        except (OSError, ssl.SSLError) as exc:
+        except (OSError, ssl.SSLError, ValueError) as exc:  # ValueError: a path with a NUL byte
             raise WebConfigError(path, prefix + "client_ca_file", f"cannot load {tls.client_ca_file}: {exc}") from None
     return ctx
 

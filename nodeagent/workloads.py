@@ -361,7 +361,21 @@ class WorkloadResolver:
             if exc.errno == errno.ESRCH:  # exited between the open and the read
                 return None
             raise
-        return parse_proc_cgroup(text, layout.walk_controller)
+        path = parse_proc_cgroup(text, layout.walk_controller)
+        if path == "/" and self._exited(pid):
+            # cgroup v1 moves a process that exited (a zombie not yet reaped) to the root: it is in no workload now.
+            return None
+        return path
+
+    def _exited(self, pid: int) -> bool:
+        """Whether ``pid`` has exited (a zombie, or gone): the state letter after the command in /proc/<pid>/stat."""
+        try:
+            stat = read_text(self.paths.proc(str(pid), "stat"))
+        except FileNotFoundError:
+            return not os.path.isdir(self.paths.proc(str(pid)))  # reaped since; a procfs without stat: not known
+        except SourceReadError as exc:
+            return exc.errno == errno.ESRCH
+        return stat.rpartition(")")[2][1:2] in ("Z", "X")  # "pid (comm) S ...": the comm may hold ")"
 
     def resolve(self, pid: int) -> Workload | None:
         """The workload ``pid`` runs in, with its runtime names, or ``None`` if the process is gone."""

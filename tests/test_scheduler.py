@@ -41,9 +41,7 @@ class Scripted:
         self.closed = True
 
 
-def _runner(
-    name: str, collector: Scripted, exposition: Exposition, interval: float = 1.0, timeout: float = 1.0
-):  # type: ignore[no-untyped-def]
+def _runner(name: str, collector: Scripted, exposition: Exposition, interval: float = 1.0, timeout: float = 1.0):  # type: ignore[no-untyped-def]
     state = CollectorState(name, interval, timeout)
     return CollectorRunner(name, collector, state, exposition, log=structlog.get_logger())
 

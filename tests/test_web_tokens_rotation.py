@@ -151,9 +151,7 @@ def test_certificate_rotation_without_restart(tmp_path: Path) -> None:
 
         # A key that does not match the certificate: refused, the second pair keeps serving.
         (live / "tls.key").write_bytes(first.server_key.read_bytes())
-        wait_until(
-            lambda: "web.config_reload_failed" in log_path.read_text(), WATCH_SECONDS + 5, "the refused reload"
-        )
+        wait_until(lambda: "web.config_reload_failed" in log_path.read_text(), WATCH_SECONDS + 5, "the refused reload")
         assert _handshake_ok(url, trusts_second)
     log = log_path.read_text(errors="replace")
     assert "web.config_reloaded" in log

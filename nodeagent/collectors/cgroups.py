@@ -787,6 +787,11 @@ class CgroupsCollector(BaseCollector):
                     if not os.path.isdir(t.dirs[_WALKED]):
                         continue
                     self._refresh(t, v2, now)
+                    if not os.path.isdir(t.dirs[_WALKED]):
+                        # Removed while its files were being listed: the plan lacks what was already gone (even
+                        # everything), and what it has would be a partial row set. Once listed, a removal shows
+                        # as the first planned file missing.
+                        raise _Gone(t.workload.id)
                 oom = self._sample(t, rows, procs_cache)
             except _Gone:
                 self._discard(t, rows)

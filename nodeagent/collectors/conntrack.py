@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, NoDataError
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, single
 
 _NOT_LOADED_HINT = (
@@ -67,9 +67,12 @@ def parse_count(text: str, source: str) -> int:
         ParseError: not one non-negative integer; the message names ``source`` and the content.
     """
     value = text.strip()
-    if not (value.isascii() and value.isdigit()):
-        raise ParseError(f"{source}: line 1: expected a non-negative integer, got {value!r}")
-    return int(value)
+    try:
+        if not (value.isascii() and value.isdigit()):
+            raise ValueError(value)
+        return kernel_int(value)
+    except ValueError:
+        raise ParseError(f"{source}: line 1: expected a non-negative integer, got {value[:40]!r}") from None
 
 
 def parse_conntrack_stat(text: str, source: str = "/proc/net/stat/nf_conntrack") -> ConntrackStat:
@@ -95,7 +98,7 @@ def parse_conntrack_stat(text: str, source: str = "/proc/net/stat/nf_conntrack")
             raise ParseError(f"{source}: line {lineno}: {len(row)} columns, the header names {len(names)}: {line!r}")
         for i, value in enumerate(row):
             try:
-                totals[i] += int(value, 16)
+                totals[i] += kernel_int(value, 16)
             except ValueError:
                 raise ParseError(f"{source}: line {lineno}: not hexadecimal for {names[i]}: {value!r}") from None
     return ConntrackStat(len(lines) - 1, tuple(zip(names, totals, strict=True)))

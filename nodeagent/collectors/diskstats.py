@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, Regex
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import FamilyBuilder, LabelValues, MetricFamily, MetricType, gauge
 
 #: node_exporter's ``--collector.diskstats.device-exclude`` default: partitions, RAM, loop and floppy devices.
@@ -138,7 +138,7 @@ def parse_diskstats(text: str, source: str = "/proc/diskstats") -> tuple[DiskSta
         if len(parts) < 7:
             raise ParseError(f"{source}: line {lineno}: expected 'major minor name stats...': {line!r}")
         try:
-            stats = tuple(map(int, parts[3 : 3 + _NCOLUMNS]))
+            stats = tuple(map(kernel_int, parts[3 : 3 + _NCOLUMNS]))
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: not an integer in {line!r}") from None
         if not (parts[0].isdigit() and parts[1].isdigit()):

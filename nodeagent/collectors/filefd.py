@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, single
 
 
@@ -34,7 +34,7 @@ def parse_file_nr(text: str, source: str = "/proc/sys/fs/file-nr") -> FileNr:
     if len(fields) != 3:
         raise ParseError(f"{source}: line 1: expected 3 fields, got {text.strip()!r}")
     try:
-        return FileNr(int(fields[0]), int(fields[2]))
+        return FileNr(kernel_int(fields[0]), kernel_int(fields[2]))
     except ValueError:
         raise ParseError(f"{source}: line 1: not an integer in {text.strip()!r}") from None
 

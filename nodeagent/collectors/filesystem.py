@@ -18,12 +18,12 @@ import asyncio
 import os
 import re
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, Duration, NoDataError, Regex
 from nodeagent.hostfs import ParseError, read_text
 from nodeagent.metrics import MetricFamily, gauge
+from nodeagent.sources.blocking import DaemonThreadExecutor
 
 # node_exporter's defaults (collector/filesystem_linux.go).
 DEFAULT_MOUNT_POINTS_EXCLUDE = (
@@ -62,7 +62,9 @@ def parse_mountinfo(text: str, source: str = "mountinfo") -> list[Mount]:
     Parse ``/proc/<pid>/mountinfo``: ``id parent maj:min root mountpoint options [optional...] - fstype source super``.
     """
     mounts = []
-    for lineno, line in enumerate(text.splitlines(), 1):
+    # Lines end at "\n" only: the kernel escapes space, tab, newline and backslash in paths but prints every other
+    # character raw, and a user's FUSE mount point may hold \x1c, \x85 or U+2028, where str.splitlines would split.
+    for lineno, line in enumerate(text.split("\n"), 1):
         if not line:
             continue
         fields = line.split(" ")
@@ -125,7 +127,8 @@ class FilesystemCollector:
         self._exclude_mp = re.compile(cfg.mount_points_exclude)
         self._exclude_fs = re.compile(cfg.fs_types_exclude)
         self._timeout = cfg.mount_timeout
-        self._pool = ThreadPoolExecutor(max_workers=STATFS_WORKERS, thread_name_prefix="statfs")
+        # Daemon threads: a statfs stuck in the kernel must not keep the agent from exiting.
+        self._pool = DaemonThreadExecutor(STATFS_WORKERS, "statfs")
         self._stuck: dict[str, asyncio.Future[FsStats]] = {}
         self.statfs = statfs  # replaceable in tests to simulate a hung mount
 
@@ -160,7 +163,15 @@ class FilesystemCollector:
                 continue
             pending[m.mountpoint] = loop.run_in_executor(self._pool, self.statfs, self._paths.root(m.mountpoint))
         if pending:
-            await asyncio.wait(pending.values(), timeout=self._timeout)
+            try:
+                await asyncio.wait(pending.values(), timeout=self._timeout)
+            except asyncio.CancelledError:
+                # The cycle's own timeout (shorter than mount_timeout) ended it. A statfs still out is stuck all
+                # the same: issuing it again next cycle would hold one more thread each time, until none is left.
+                for mountpoint, unanswered in pending.items():
+                    if not unanswered.done():
+                        self._mark_stuck(mountpoint, unanswered)
+                raise
 
         size = gauge("node_filesystem_size_bytes", "Filesystem size in bytes.", _LABELS)
         free = gauge("node_filesystem_free_bytes", "Filesystem free space in bytes.", _LABELS)
@@ -187,7 +198,7 @@ class FilesystemCollector:
             if fut is not None and fut.done():
                 try:
                     stats = fut.result()
-                except OSError as exc:
+                except (OSError, ValueError) as exc:  # ValueError: a NUL in the path (only a corrupt mountinfo)
                     self._log.debug("filesystem.statfs_failed", mountpoint=m.mountpoint, error=str(exc))
             elif fut is not None:
                 self._mark_stuck(m.mountpoint, fut)

@@ -8,7 +8,6 @@ are ``nodeagent_gpu_*`` in base units; see docs/gpu.md and docs/metrics.md. Shel
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import threading
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from nodeagent.collectors.cgroups import BASE_LABELS
 from nodeagent.events import emit, workload_fields
 from nodeagent.metrics import Exemplar, LabelValues, MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
+from nodeagent.sources.blocking import DaemonThreadExecutor
 from nodeagent.sources.nvml import GpuProcess, GpuSample, Nvml, NvmlUnavailable, XidEvent, init_hint, watch_xids
 from nodeagent.workloads import Workload, WorkloadResolver
 
@@ -160,7 +160,8 @@ class GpuCollector:
         self._cfg = cfg
         self._log = ctx.log
         self._resolver: WorkloadResolver = ctx.resolver()
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="nodeagent-nvml")
+        # A daemon thread: a wedged NVML call must not keep the agent from exiting.
+        self._executor = DaemonThreadExecutor(1, "nodeagent-nvml")
         self._busy = threading.Lock()
         self._recheck = False  # a pass overran: re-initialise NVML before the next one
         self._nvml = nvml

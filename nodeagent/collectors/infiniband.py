@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, NoDataError
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, counter, gauge
 
 _NO_DEVICE_HINT = (
@@ -136,6 +136,16 @@ def _is_uint(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def _uint(text: str) -> int | None:
+    """``text`` as a non-negative kernel value (ASCII digits, at most u64), else None."""
+    if not _is_uint(text):
+        return None
+    try:
+        return kernel_int(text)
+    except ValueError:  # past u64, or so long that int() refuses it
+        return None
+
+
 def parse_state(text: str, source: str) -> int:
     """
     Parse a port ``state`` or ``phys_state`` file (``4: ACTIVE``, ``5: LinkUp``) into its numeric id.
@@ -144,9 +154,10 @@ def parse_state(text: str, source: str) -> int:
         ParseError: not ``<id>: <name>``; the message names ``source`` and the content.
     """
     parts = text.strip().split(":")
-    if len(parts) != 2 or not _is_uint(parts[0].strip()):
-        raise ParseError(f"{source}: line 1: expected '<id>: <NAME>', got {text.strip()!r}")
-    return int(parts[0])
+    state = _uint(parts[0].strip()) if len(parts) == 2 else None
+    if state is None:
+        raise ParseError(f"{source}: line 1: expected '<id>: <NAME>', got {text.strip()[:40]!r}")
+    return state
 
 
 def parse_rate(text: str, source: str) -> int:
@@ -178,11 +189,12 @@ def parse_counter(text: str, source: str) -> int | None:
         ParseError: anything else; the message names ``source`` and the content.
     """
     value = text.strip()
-    if _is_uint(value):
-        return int(value)
+    number = _uint(value)
+    if number is not None:
+        return number
     if _NO_PMA in value:
         return None
-    raise ParseError(f"{source}: line 1: expected a non-negative integer or {_NO_PMA!r}, got {value!r}")
+    raise ParseError(f"{source}: line 1: expected a non-negative integer or {_NO_PMA!r}, got {value[:40]!r}")
 
 
 def _read_optional(path: str) -> str:

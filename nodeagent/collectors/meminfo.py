@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, MetricType
 
 _NAME_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -45,7 +45,7 @@ def parse_meminfo(text: str, source: str = "/proc/meminfo") -> Meminfo:
         if len(parts) not in (2, 3) or not key.endswith(":") or (len(parts) == 3 and parts[2] != "kB"):
             raise ParseError(f"{source}: line {lineno}: expected 'Key: value [kB]': {line!r}")
         try:
-            value = int(parts[1])
+            value = kernel_int(parts[1])
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: not an integer in {line!r}") from None
         if len(parts) == 3:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, NoDataError, Regex
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily
 
 #: node_exporter 1.5's ``--collector.netstat.fields`` default (as ``prometheus-node-exporter --help`` prints it;
@@ -77,7 +77,7 @@ def parse_netstat(text: str, source: str = "/proc/net/netstat") -> NetStat:
         protocol = names[0][:-1]
         for name, value in zip(names[1:], values[1:], strict=True):
             try:
-                fields.append((protocol, name, int(value)))
+                fields.append((protocol, name, kernel_int(value)))
             except ValueError:
                 raise ParseError(f"{source}: line {vlineno}: not an integer for {name}: {value!r}") from None
     return NetStat(tuple(fields))
@@ -104,7 +104,7 @@ def parse_snmp6(text: str, source: str = "/proc/net/snmp6") -> NetStat:
         if six < 0:
             continue
         try:
-            fields.append((parts[0][: six + 1], parts[0][six + 1 :], int(parts[1])))
+            fields.append((parts[0][: six + 1], parts[0][six + 1 :], kernel_int(parts[1])))
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: not an integer in {line!r}") from None
     return NetStat(tuple(fields))

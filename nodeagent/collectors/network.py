@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import re
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,12 +23,18 @@ import structlog
 from nodeagent.collector import CollectorConfig, CollectorContext, CollectorSpec, NoDataError, Regex
 from nodeagent.collectors.cgroups import BASE_LABELS
 from nodeagent.events import emit
+from nodeagent.hostfs import kernel_int
 from nodeagent.metrics import MetricFamily, MetricType, Sample
 from nodeagent.scheduler import new_trace_ids
 from nodeagent.sources import netlink
 from nodeagent.sources.netlink import LINK_STATS64_FIELDS, OPERSTATES, Link
 from nodeagent.workloads import NoCgroupsError, Workload, WorkloadResolver, walk
 
+# Processes of one workload tried in a cycle to find its network namespace (each may exit while it is looked at).
+_PID_ATTEMPTS = 8
+# Link up/down changes are logged this long after they arrive: a deleted link (a pod's veth when its namespace goes)
+# is first reported down, then deleted (after an RCU grace period), and that is a deletion, not a change.
+_LINK_EVENT_GRACE = 0.25
 IFF_UP = 0x1
 IFF_RUNNING = 0x40
 IFF_LOWER_UP = 0x10000
@@ -166,6 +174,9 @@ class NetworkCollector:
         self._sysfs_net = ctx.paths.sys("class", "net")
         self._events: netlink.LinkEvents | None = None
         self._states: dict[int, tuple[str, int, str]] = {}  # ifindex -> (name, flags, operstate)
+        self._changes: list[tuple[Link, str, str, bool]] = []  # up/down changes waiting out _LINK_EVENT_GRACE
+        self._deleted: set[int] = set()  # ifindexes deleted while changes wait
+        self._flush: asyncio.TimerHandle | None = None
         self._errors: dict[str, int] = {}
         self._ethtool_cache: dict[int, tuple[tuple[int, str, int | None], str, int | None]] = {}
 
@@ -291,12 +302,12 @@ class NetworkCollector:
         speed: int | None = None
         try:
             with open(f"{base}/duplex", "rb") as f:
-                duplex = f.read().strip().decode()
+                duplex = f.read().strip().decode("utf-8", "replace")  # a label: never fail the cycle on bad bytes
         except OSError:
             pass
         try:
             with open(f"{base}/speed", "rb") as f:
-                speed = int(f.read())
+                speed = kernel_int(f.read().decode("ascii", "replace").strip())
         except (OSError, ValueError):
             pass
         return duplex, speed
@@ -351,28 +362,31 @@ class NetworkCollector:
         ]
 
     def _namespace_of(self, w: Workload, walk_root: str) -> _Netns | None:
-        """The workload's namespace socket, opening it (inside the namespace, via a pid of the workload) if new."""
-        pid = self._pids.get(w.id)
-        inode = self._netns_inode(pid) if pid else None
-        if inode is None:
-            pid = _first_pid(os.path.join(walk_root, w.id.lstrip("/")))
-            if pid is None:
-                self._pids.pop(w.id, None)
-                return None
+        """
+        The workload's namespace socket, opening it (inside the namespace, via a pid of the workload) if new.
+        A process may exit between being listed and its namespace being looked at or entered (a pod's short-lived
+        processes do all the time): then the workload's next process is tried, so the pod is still reported.
+        """
+        cached = self._pids.get(w.id)
+        listed = _pids_in(os.path.join(walk_root, w.id.lstrip("/")))
+        for pid in itertools.islice(itertools.chain((cached,) if cached else (), listed), _PID_ATTEMPTS):
             inode = self._netns_inode(pid)
             if inode is None:
-                return None
+                continue  # exited since it was listed
+            ns = self._netns.get(inode)
+            if ns is None:
+                try:
+                    sock = netlink.RouteSocket(self._ctx.paths.proc(str(pid), "ns", "net"))
+                except (FileNotFoundError, ProcessLookupError):
+                    continue  # exited between the two looks
+                except OSError as exc:
+                    self._count_error("netns", f"{w.id}: cannot enter the network namespace of pid {pid}: {exc}")
+                    return None
+                ns = self._netns[inode] = _Netns(inode, sock, w, pid)
             self._pids[w.id] = pid
-        assert pid is not None
-        ns = self._netns.get(inode)
-        if ns is None:
-            try:
-                sock = netlink.RouteSocket(self._ctx.paths.proc(str(pid), "ns", "net"))
-            except OSError as exc:
-                self._count_error("netns", f"{w.id}: cannot enter the network namespace of pid {pid}: {exc}")
-                return None
-            ns = self._netns[inode] = _Netns(inode, sock, w, pid)
-        return ns
+            return ns
+        self._pids.pop(w.id, None)
+        return None
 
     def _netns_inode(self, pid: int | None) -> int | None:
         try:
@@ -410,6 +424,8 @@ class NetworkCollector:
         for msg_type, link in events.read():
             if msg_type != netlink.RTM_NEWLINK:
                 self._states.pop(link.index, None)
+                if self._changes:
+                    self._deleted.add(link.index)
                 continue
             new = (link.name, link.flags, OPERSTATES.get(link.operstate, "unknown"))
             old = self._states.get(link.index)
@@ -418,7 +434,9 @@ class NetworkCollector:
                 continue  # a link created just now is news for the next cycle, not an up/down change
             was_up, is_up = _is_up(old[1], old[2]), _is_up(new[1], new[2])
             if was_up != is_up:
-                log_link_event(self._log, link, old[2], new[2], is_up)
+                self._changes.append((link, old[2], new[2], is_up))
+        if self._changes and self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(_LINK_EVENT_GRACE, self._log_changes)
         if events.overrun:
             # Messages were lost: resynchronise the states from a dump rather than log from stale ones.
             events.overrun = False
@@ -426,8 +444,21 @@ class NetworkCollector:
                 with contextlib.suppress(OSError):
                     self._remember_states(self._host.dump_links())
 
+    def _log_changes(self) -> None:
+        """Log the up/down changes that waited out the grace, in order, but not the "down" of a deleted link."""
+        self._flush = None
+        changes, self._changes = self._changes, []
+        deleted, self._deleted = self._deleted, set()
+        for link, old_state, new_state, is_up in changes:
+            if not is_up and (link.index in deleted or not _link_exists(link.index)):
+                continue
+            log_link_event(self._log, link, old_state, new_state, is_up)
+
     async def aclose(self) -> None:
         """Stop listening for events and close every netlink socket."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
         if self._events is not None:
             with contextlib.suppress(RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_reader(self._events.fileno())
@@ -474,21 +505,29 @@ def open_netlink(factory: Callable[[], _S], what: str) -> _S:
         ) from exc
 
 
+def _link_exists(index: int) -> bool:
+    """Whether a link with this ifindex exists in the agent's network namespace now."""
+    try:
+        socket.if_indextoname(index)
+    except OSError:
+        return False
+    return True
+
+
 def _is_up(flags: int, operstate: str) -> bool:
     return bool(flags & IFF_UP) and (operstate in ("up", "unknown") and bool(flags & IFF_LOWER_UP))
 
 
-def _first_pid(directory: str) -> int | None:
-    """A pid in the cgroup ``directory`` or below it (a pod's own cgroup holds none; its containers do)."""
+def _pids_in(directory: str) -> Iterator[int]:
+    """The pids in the cgroup ``directory`` and below it, lazily (a pod's own cgroup may hold none; its containers
+    do); a cgroup removed meanwhile is skipped."""
     for dirpath, _dirs, _files in os.walk(directory):
         try:
             with open(os.path.join(dirpath, "cgroup.procs"), "rb") as f:
-                first = f.readline()
+                pids = f.read().split()
         except OSError:
             continue
-        if first.strip():
-            return int(first)
-    return None
+        yield from (int(pid) for pid in pids)
 
 
 def link_event_fields(link: Link, old_state: str, new_state: str, is_up: bool) -> dict[str, Any]:

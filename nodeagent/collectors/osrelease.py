@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -69,6 +68,57 @@ class OsRelease:
         return float(m.group(0)) if m else 0.0
 
 
+# Inside double quotes a backslash escapes only these (os-release(5): "following shell style"); before any other
+# character it stays, as in sh. shlex keeps the backslash before $ and `, so it is not used.
+_DQUOTE_ESCAPES = frozenset('$`"\\')
+
+
+def _shell_words(value: str) -> list[str]:
+    """
+    The words of a shell-quoted value: single quotes literal, double quotes where a backslash escapes only a dollar
+    sign, backtick, double quote or backslash, a bare backslash escaping any character, words split at blanks.
+
+    Raises:
+        ValueError: an unclosed quote or a backslash at the end.
+    """
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False
+    quote = ""
+    i, n = 0, len(value)
+    while i < n:
+        c = value[i]
+        i += 1
+        if (quote == "'" and c != "'") or (quote == '"' and c not in '"\\'):
+            word.append(c)
+        elif quote == '"' and c == "\\":
+            escaped = i < n and value[i] in _DQUOTE_ESCAPES
+            word.append(value[i] if escaped else c)
+            i += escaped
+        elif quote:
+            quote = ""  # the closing quote
+        elif c in " \t\r":
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+        else:
+            in_word = True
+            if c in "'\"":
+                quote = c
+            elif c == "\\":
+                if i == n:
+                    raise ValueError("No escaped character")
+                word.append(value[i])
+                i += 1
+            else:
+                word.append(c)
+    if quote:
+        raise ValueError("No closing quotation")
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
 def parse_os_release(text: str, source: str = "/etc/os-release") -> OsRelease:
     """
     Parse os-release(5): shell-style ``KEY=value`` lines, values optionally single- or double-quoted with
@@ -87,7 +137,7 @@ def parse_os_release(text: str, source: str = "/etc/os-release") -> OsRelease:
         if not eq or not _KEY_RE.match(key):
             raise ParseError(f"{source}: line {lineno}: expected KEY=value: {raw!r}")
         try:
-            words = shlex.split(value)
+            words = _shell_words(value)
         except ValueError as exc:
             raise ParseError(f"{source}: line {lineno}: {exc}: {raw!r}") from None
         if len(words) > 1:

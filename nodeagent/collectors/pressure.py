@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, NoDataError
-from nodeagent.hostfs import ParseError, SourceReadError, read_text
+from nodeagent.hostfs import ParseError, SourceReadError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, single
 
 _NO_PSI_HINT = (
@@ -91,7 +91,7 @@ def parse_pressure(text: str, source: str = "/proc/pressure/cpu") -> Pressure:
         if kind not in ("some", "full") or total is None:
             raise ParseError(f"{source}: line {lineno}: expected 'some|full avg10=... total=N': {line!r}")
         try:
-            totals[kind] = int(total[6:])
+            totals[kind] = kernel_int(total[6:])
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: total is not an integer in {line!r}") from None
     return Pressure(totals.get("some"), totals.get("full"))

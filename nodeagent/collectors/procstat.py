@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nodeagent.hostfs import ParseError
+from nodeagent.hostfs import ParseError, kernel_int
 
 #: Order of the per-CPU tick columns in ``/proc/stat`` (proc(5)); older kernels print fewer.
 CPU_COLUMNS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal", "guest", "guest_nice")
@@ -68,7 +68,7 @@ def parse_proc_stat(text: str, source: str = "/proc/stat", *, with_cpus: bool = 
             if not cpu.isdigit() or len(fields) < 5:
                 raise ParseError(f"{source}: line {lineno}: expected 'cpuN user nice system idle ...': {line!r}")
             try:
-                ticks = tuple(map(int, fields[1 : _NCOLUMNS + 1]))
+                ticks = tuple(map(kernel_int, fields[1 : _NCOLUMNS + 1]))
             except ValueError:
                 raise ParseError(f"{source}: line {lineno}: not an integer in {line!r}") from None
             if len(ticks) < _NCOLUMNS:
@@ -82,7 +82,7 @@ def parse_proc_stat(text: str, source: str = "/proc/stat", *, with_cpus: bool = 
         # Only the first number matters; intr is followed by one count per IRQ (thousands of them).
         first = rest.lstrip(" ").partition(" ")[0]
         try:
-            scalars[field] = int(first)
+            scalars[field] = kernel_int(first)
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: not an integer after {key!r}: {line[:80]!r}") from None
     return ProcStat(

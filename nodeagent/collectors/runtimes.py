@@ -55,13 +55,21 @@ class RuntimesCollector(BaseCollector):
             "nodeagent_runtime_reconnects_total", "Times the runtime's API answered again after failing.", ("runtime",)
         )
         events = counter("nodeagent_runtime_events_total", "Container events received from the runtime.", ("runtime",))
+        failures = counter(
+            "nodeagent_runtime_failures_total",
+            "Failed attempts to reach the runtime's API while it is down, by reason (timeout, permission_denied, "
+            "not_found, unavailable, parse_error or error).",
+            ("runtime", "reason"),
+        )
         for s in seen:
             up.add((s.runtime, s.socket), 1.0 if s.state == "up" else 0.0)
             containers.add((s.runtime,), float(s.containers))
             reconnects.add((s.runtime,), float(s.reconnects))
             if s.runtime in meta.statuses:
                 events.add((s.runtime,), float(s.events))
-        families = [up.build(), containers.build(), reconnects.build(), events.build()]
+            for reason, count in sorted(s.failures.items()):
+                failures.add((s.runtime, reason), float(count))
+        families = [up.build(), containers.build(), reconnects.build(), events.build(), failures.build()]
         if devices is not None and devices.calls:
             calls = counter(
                 "nodeagent_kubelet_podresources_requests_total",

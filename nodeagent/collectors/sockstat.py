@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, NoDataError
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily, single
 
 # The keys node_exporter exports, in its order; others (none today) are ignored as it ignores them.
@@ -54,7 +54,7 @@ def parse_sockstat(text: str, source: str = "/proc/net/sockstat") -> Sockstat:
         pairs: list[tuple[str, int]] = []
         for key, value in zip(parts[1::2], parts[2::2], strict=True):
             try:
-                pairs.append((key, int(value)))
+                pairs.append((key, kernel_int(value)))
             except ValueError:
                 raise ParseError(f"{source}: line {lineno}: not an integer for {key}: {value!r}") from None
         protocol = parts[0][:-1]

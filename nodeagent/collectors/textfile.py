@@ -14,7 +14,6 @@ Shell equivalent: ``cat /var/lib/node_exporter/textfile_collector/*.prom``.
 
 from __future__ import annotations
 
-import glob
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,8 +49,8 @@ def parse_textfile(text: str, path: str) -> dict[str, _Family]:
     out: dict[str, _Family] = {}
     try:
         parsed = list(text_string_to_metric_families(text))
-    except ValueError as exc:
-        raise TextfileError(f"{path}: invalid text format: {exc}") from exc
+    except Exception as exc:  # the parser raises IndexError and others on malformed text, not only ValueError
+        raise TextfileError(f"{path}: invalid text format: {type(exc).__name__}: {exc}") from exc
     for family in parsed:
         for sample in family.samples:
             if sample.timestamp is not None:
@@ -67,7 +66,11 @@ def parse_textfile(text: str, path: str) -> dict[str, _Family]:
             for label in sample.labels:
                 if label not in fam.labelnames:
                     fam.labelnames.append(label)
-            fam.samples.append((sample.labels, float(sample.value)))
+            try:
+                value = float(sample.value)
+            except OverflowError:  # an integer literal past the float range, which Prometheus' own parser refuses too
+                raise TextfileError(f"{path}: {sample.name} has a value out of the float range") from None
+            fam.samples.append((sample.labels, value))
     return out
 
 
@@ -84,7 +87,21 @@ class TextfileCollector(BaseCollector):
         merged: dict[str, _Family] = {}
         error = 0
         mtimes = gauge("node_textfile_mtime_seconds", "Unixtime mtime of textfiles successfully read.", ("file",))
-        for path in sorted(glob.glob(os.path.join(glob.escape(self._dir), "*.prom"))):
+        try:
+            # Listed directly, not with glob, which would make an unreadable directory look empty.
+            entries = os.listdir(self._dir)
+        except FileNotFoundError:
+            entries = []  # no directory: nothing to read, as with an empty one
+        except OSError as exc:
+            entries = []
+            error = 1
+            self._log.error(
+                "textfile.directory_unreadable",
+                directory=self._paths.strip_root(self._dir),
+                error={"message": exc.strerror or str(exc)},
+            )
+        # Hidden files are skipped: scripts write .name.prom and rename it into place.
+        for path in sorted(os.path.join(self._dir, n) for n in entries if n.endswith(".prom") and n[0] != "."):
             host_path = self._paths.strip_root(path)
             try:
                 mtime = os.stat(path).st_mtime

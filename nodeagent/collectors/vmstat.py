@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nodeagent.collector import BaseCollector, CollectorConfig, CollectorContext, CollectorSpec, Regex
-from nodeagent.hostfs import ParseError, read_text
+from nodeagent.hostfs import ParseError, kernel_int, read_text
 from nodeagent.metrics import MetricFamily
 
 #: node_exporter's ``--collector.vmstat.fields`` default.
@@ -51,7 +51,7 @@ def parse_vmstat(text: str, source: str = "/proc/vmstat") -> VmStat:
         if len(parts) != 2:
             raise ParseError(f"{source}: line {lineno}: expected 'name value': {line!r}")
         try:
-            fields.append((parts[0], int(parts[1])))
+            fields.append((parts[0], kernel_int(parts[1])))
         except ValueError:
             raise ParseError(f"{source}: line {lineno}: not an integer in {line!r}") from None
     return VmStat(tuple(fields))

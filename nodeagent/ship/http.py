@@ -16,6 +16,7 @@ import aiohttp
 import yarl
 
 from nodeagent import __version__
+from nodeagent.config import redact_url_credentials
 from nodeagent.ship import TransportError
 from nodeagent.ship.tcp import encode_json_lines
 
@@ -81,8 +82,9 @@ class HttpTransport:
         password: str | None = None,
     ) -> None:
         parsed = yarl.URL(url)
+        shown = redact_url_credentials(url)  # for messages: never the password
         if parsed.scheme not in ("http", "https") or not parsed.host:
-            raise ValueError(f"http transport: url {url!r} must be http://HOST[:PORT][/PATH] or https://...")
+            raise ValueError(f"http transport: url {shown!r} must be http://HOST[:PORT][/PATH] or https://...")
         if timeout <= 0:
             raise ValueError(f"http transport: timeout {timeout} must be > 0 seconds")
         if (user is None) != (password is None):
@@ -93,7 +95,7 @@ class HttpTransport:
             user, password = parsed.user or "", parsed.password or ""
             parsed = parsed.with_user(None)
         if ssl is not None and parsed.scheme != "https":
-            raise ValueError(f"http transport: an ssl context was given but url {url!r} is not https")
+            raise ValueError(f"http transport: an ssl context was given but url {shown!r} is not https")
         self._url = parsed
         # The endpoint appears in logs and metric labels: credentials never do.
         self.endpoint = str(parsed)

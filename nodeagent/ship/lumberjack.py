@@ -65,6 +65,8 @@ def encode_compressed(records: Sequence[bytes], level: int) -> tuple[bytes, byte
 
 def decode_ack(frame: bytes) -> int:
     """The sequence of a 6-byte ACK frame; ``TransportError`` for anything else."""
+    if len(frame) != ACK_SIZE:
+        raise TransportError(f"protocol error: expected a {ACK_SIZE}-byte ACK frame, got {len(frame)} bytes")
     version, kind, seq = _ACK.unpack(frame)
     if version != VERSION or kind != FRAME_ACK:
         raise TransportError(f"protocol error: expected an ACK frame, got bytes {frame.hex()}")

@@ -68,6 +68,7 @@ class Shipper:
         self.last_ack_time = 0.0  # wall time of the last acknowledgement (0: none yet)
         self.up: dict[str, int] = {t.endpoint: 0 for t in self.transports}
         self._failing = ""
+        self._spool_failing = False
 
     # --- the producer side (any thread) ----------------------------------------------------------------------
 
@@ -87,6 +88,10 @@ class Shipper:
 
     def start(self) -> None:
         """Start the send and sync tasks on the running loop."""
+        # Bound here, not when built: binding a structlog lazy logger freezes the logging configuration of that
+        # moment, and the shipper is built before logging is configured (logging needs the shipper as its sink);
+        # bound earlier, its records would bypass the ECS JSON renderer and the spool.
+        self.log = self.log.bind(**{"event.dataset": "nodeagent.ship"})
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._wake.set()  # records recovered from the spool go out at once
@@ -129,11 +134,34 @@ class Shipper:
 
     async def _sync_loop(self) -> None:
         assert self._sync_now is not None
+        errors = self.spool.write_errors
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._sync_now.wait(), self.sync_interval)
             self._sync_now.clear()
             await asyncio.to_thread(self.spool.flush)
+            errors = self._report_spool(errors)
+
+    def _report_spool(self, errors_before: int) -> int:
+        """
+        Log once when spool writes start failing (disk full, read-only, I/O error) and once when a flush works
+        again: the counter alone would leave a person reading the logs unaware that records live in memory only.
+        Returns the write error count to compare the next flush with.
+        """
+        sp = self.spool
+        if sp.write_errors > errors_before:
+            if not self._spool_failing:
+                self._spool_failing = True
+                self.log.warning(
+                    "ship.spool_write_failed",
+                    message=f"{sp.last_error} (spool_dir {sp.directory}); records stay in memory, "
+                    f"{sp.memory_bytes} bytes now, and are written when the disk accepts them",
+                    **{"error.message": sp.last_error},
+                )
+        elif self._spool_failing:
+            self._spool_failing = False
+            self.log.info("ship.spool_written", message=f"the spool in {sp.directory} is written again")
+        return sp.write_errors
 
     async def _send_loop(self) -> None:
         assert self._wake is not None
@@ -388,7 +416,7 @@ def build_shipper(cfg: ShipConfig, log: structlog.typing.FilteringBoundLogger) -
     return Shipper(
         spool,
         build_transports(cfg),
-        log.bind(**{"event.dataset": "nodeagent.ship"}),
+        log,
         batch_max=cfg.batch_max,
         backoff_initial=cfg.backoff_initial,
         backoff_max=cfg.backoff_max,

@@ -779,7 +779,7 @@ class Spool:
                 raise ValueError(f"unexpected cursor {doc!r}")
         except FileNotFoundError:
             return 0, 0
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:  # RecursionError: deeply nested JSON
             self.last_error = f"spool cursor unreadable, delivering every record again: {exc}"
             return 0, 0
         self._acked_before = total

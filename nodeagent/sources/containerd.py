@@ -26,8 +26,14 @@ EVENT_TOPICS = ("/containers/create", "/containers/update", "/containers/delete"
 _IMAGE_CACHE_MAX = 4096
 
 
+# 10000-01-01: a later time (only a corrupt event has one) cannot be printed as an ISO 8601 date.
+_MAX_EVENT_TIME = 253402300800.0
+
+
 def _timestamp(ts: Any) -> float:
-    return float(ts.seconds) + float(ts.nanos) / 1e9
+    """A protobuf Timestamp in Unix seconds; 0 (unknown) when it is not a plausible date."""
+    seconds = float(ts.seconds) + float(ts.nanos) / 1e9
+    return seconds if 0 < seconds < _MAX_EVENT_TIME else 0.0
 
 
 class ContainerdClient:
@@ -188,7 +194,7 @@ class ContainerdClient:
             call.cancel()
 
     async def _decode(self, env: Any, ev_pb: Any) -> ContainerEvent | None:
-        """One envelope as a container event; ``None`` for an exec'd process's exit.
+        """One envelope as a container event; ``None`` for an exec'd process's exit or an event naming no container.
 
         Raises:
             DecodeError: the payload does not decode as its topic's message.
@@ -197,16 +203,19 @@ class ContainerdClient:
         topic, payload = env.topic, env.event.value
         if topic in ("/containers/create", "/containers/update"):
             cid = ev_pb.ContainerCreate.FromString(payload).id
-            return ContainerEvent("create", cid, await self.get(env.namespace, cid), when)
+            return ContainerEvent("create", cid, await self.get(env.namespace, cid), when) if cid else None
         if topic == "/containers/delete":
-            return ContainerEvent("delete", ev_pb.ContainerDelete.FromString(payload).id, None, when)
+            cid = ev_pb.ContainerDelete.FromString(payload).id
+            return ContainerEvent("delete", cid, None, when) if cid else None
         if topic == "/tasks/start":
             start = ev_pb.TaskStart.FromString(payload)
+            if not start.container_id:
+                return None
             return ContainerEvent("start", start.container_id, None, when, pid=start.pid)
         if topic == "/tasks/exit":
             ex = ev_pb.TaskExit.FromString(payload)
-            if ex.id and ex.id != ex.container_id:
-                return None  # an exec'd process ended, not the container
+            if not ex.container_id or (ex.id and ex.id != ex.container_id):
+                return None  # an exec'd process ended, not the container (or the event names none)
             exited = _timestamp(ex.exited_at) if ex.HasField("exited_at") else when
             return ContainerEvent("stop", ex.container_id, None, exited, pid=ex.pid, exit_code=ex.exit_status)
         return None

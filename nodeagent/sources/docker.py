@@ -17,9 +17,11 @@ from nodeagent.sources.runtime_model import (
     ContainerEvent,
     ContainerRecord,
     RuntimeUnavailable,
+    UnavailableKind,
     check_socket,
     is_sandbox,
     k8s_fields,
+    kind_of_oserror,
 )
 
 # Engine API actions that change what the store knows, mapped to nodeagent's container actions.
@@ -56,16 +58,20 @@ class DockerClient:
                 if resp.status == 404:
                     return None
                 if resp.status != 200:
-                    raise RuntimeUnavailable(f"GET {path} on {self.socket}: HTTP {resp.status}: {_message(body)}")
-                return json.loads(body)
+                    raise RuntimeUnavailable(
+                        f"GET {path} on {self.socket}: HTTP {resp.status}: {_message(body)}", _status_kind(resp.status)
+                    )
+                return _loads(body)
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
-            raise RuntimeUnavailable(f"GET {path} on {self.socket} failed: {type(exc).__name__}: {exc}") from exc
+            raise RuntimeUnavailable(
+                f"GET {path} on {self.socket} failed: {type(exc).__name__}: {exc}", _error_kind(exc)
+            ) from exc
 
     async def list(self) -> list[ContainerRecord]:
         """Every container, running or not (``/containers/json?all=1``)."""
         items = await self._get("/containers/json", all="1")
         if not isinstance(items, list):
-            raise RuntimeUnavailable(f"GET /containers/json on {self.socket}: expected a JSON array")
+            raise RuntimeUnavailable(f"GET /containers/json on {self.socket}: expected a JSON array", "parse_error")
         return [self._from_list(c) for c in items if isinstance(c, dict)]
 
     async def inspect(self, container_id: str) -> ContainerRecord | None:
@@ -73,8 +79,8 @@ class DockerClient:
         c = await self._get(f"/containers/{container_id}/json")
         if not isinstance(c, dict):
             return None
-        config = c.get("Config") or {}
-        state = c.get("State") or {}
+        config = _object(c.get("Config"))
+        state = _object(c.get("State"))
         labels = _labels(config.get("Labels"))
         return ContainerRecord(
             id=str(c.get("Id", container_id)),
@@ -85,17 +91,17 @@ class DockerClient:
             labels=labels,
             sandbox=is_sandbox(labels),
             running=bool(state.get("Running")),
-            pid=int(state.get("Pid") or 0),
+            pid=max(0, _int(state.get("Pid")) or 0),
             **k8s_fields(labels),
         )
 
     def _from_list(self, c: dict[str, Any]) -> ContainerRecord:
         labels = _labels(c.get("Labels"))
-        names = c.get("Names") or []
+        names = c.get("Names")
         return ContainerRecord(
             id=str(c.get("Id", "")),
             runtime=self.runtime,
-            name=str(names[0]).lstrip("/") if names else "",
+            name=str(names[0]).lstrip("/") if isinstance(names, list) and names else "",
             image=str(c.get("Image", "")),
             image_id=str(c.get("ImageID", "")),
             labels=labels,
@@ -117,7 +123,9 @@ class DockerClient:
             ) as resp:
                 if resp.status != 200:
                     body = await resp.read()
-                    raise RuntimeUnavailable(f"GET /events on {self.socket}: HTTP {resp.status}: {_message(body)}")
+                    raise RuntimeUnavailable(
+                        f"GET /events on {self.socket}: HTTP {resp.status}: {_message(body)}", _status_kind(resp.status)
+                    )
                 while True:
                     line = await resp.content.readline()
                     if not line:
@@ -128,28 +136,25 @@ class DockerClient:
                     if event is not None:
                         yield event
         except (aiohttp.ClientError, OSError) as exc:
-            raise RuntimeUnavailable(f"GET /events on {self.socket} failed: {type(exc).__name__}: {exc}") from exc
+            raise RuntimeUnavailable(
+                f"GET /events on {self.socket} failed: {type(exc).__name__}: {exc}", _error_kind(exc)
+            ) from exc
 
     async def _event(self, line: bytes) -> ContainerEvent | None:
         try:
-            ev = json.loads(line)
+            ev = _loads(line)
         except ValueError:
             return None
         if not isinstance(ev, dict) or ev.get("Type", "container") != "container":
             return None
         action = _ACTIONS.get(str(ev.get("Action") or ev.get("status") or ""))
-        actor = ev.get("Actor") or {}
+        actor = _object(ev.get("Actor"))
         cid = str(actor.get("ID") or ev.get("id") or "")
         if action is None or not cid:
             return None
-        when = int(ev.get("timeNano") or 0) / 1e9 or float(ev.get("time") or 0)
+        when = _event_time(ev.get("timeNano"), 1e-9) or _event_time(ev.get("time"), 1.0)
         record = await self.inspect(cid) if action in ("create", "start") else None
-        exit_code = None
-        if action == "stop":
-            try:
-                exit_code = int((actor.get("Attributes") or {}).get("exitCode", ""))
-            except ValueError:
-                exit_code = None
+        exit_code = _int(_object(actor.get("Attributes")).get("exitCode")) if action == "stop" else None
         return ContainerEvent(action, cid, record, when, pid=record.pid if record else 0, exit_code=exit_code)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
@@ -157,6 +162,60 @@ class DockerClient:
         session, self._session = self._session, None
         if session is not None:
             await session.close()
+
+
+def _error_kind(exc: BaseException) -> UnavailableKind:
+    """The kind of a failed request: a timeout, an errno of the connect, a body that is not JSON, else the daemon
+    went away (``aiohttp.ClientError``: disconnected, payload cut short)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError):
+        return kind_of_oserror(exc)
+    if isinstance(exc, ValueError):
+        return "parse_error"
+    return "unavailable"
+
+
+def _status_kind(status: int) -> UnavailableKind:
+    """The kind of an HTTP error answer: the daemon failing (5xx) is ``unavailable``, a refusal (4xx) an error."""
+    if status in (401, 403):
+        return "permission_denied"
+    return "unavailable" if status >= 500 else "error"
+
+
+# An answer that does not have the Engine API's shape (a daemon bug, a proxy in between) must not crash the reader:
+# a field of the wrong type reads as absent, as a missing field does.
+_MAX_EVENT_TIME = 253402300800.0  # 10000-01-01: a later time cannot be printed as an ISO 8601 date
+
+
+def _loads(data: bytes) -> Any:
+    """``json.loads``; a document nested too deeply for its recursion is a ``ValueError`` like other bad JSON."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _object(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one."""
+    return value if isinstance(value, dict) else {}
+
+
+def _int(value: Any) -> int | None:
+    """``value`` as an integer (a number or a numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _event_time(value: Any, unit: float) -> float:
+    """An event's time in seconds from ``value`` in ``unit``; 0 when absent, not a number, or not a plausible date."""
+    number = _int(value)
+    seconds = number * unit if number is not None and abs(number) < 1 << 63 else 0.0
+    return seconds if 0 < seconds < _MAX_EVENT_TIME else 0.0
 
 
 def _labels(value: Any) -> dict[str, str]:
@@ -167,7 +226,7 @@ def _labels(value: Any) -> dict[str, str]:
 
 def _message(body: bytes) -> str:
     try:
-        data = json.loads(body)
+        data = _loads(body)
     except ValueError:
         return body[:200].decode(errors="replace")
     return str(data.get("message", data)) if isinstance(data, dict) else str(data)[:200]

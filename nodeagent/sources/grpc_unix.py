@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nodeagent.sources.runtime_model import RuntimeUnavailable
+from nodeagent.sources.runtime_model import RuntimeUnavailable, UnavailableKind, kind_of_oserror
 
 if TYPE_CHECKING:
     import grpc.aio
@@ -31,7 +31,7 @@ def open_channel(path: str) -> grpc.aio.Channel:
 
 
 def unavailable(exc: BaseException, what: str, path: str) -> RuntimeUnavailable:
-    """``RuntimeUnavailable`` for a failed call: the gRPC status and details, or the exception's text."""
+    """``RuntimeUnavailable`` for a failed call: the gRPC status and details, or the exception's text, and its kind."""
     import grpc
 
     if isinstance(exc, grpc.aio.AioRpcError):
@@ -39,11 +39,26 @@ def unavailable(exc: BaseException, what: str, path: str) -> RuntimeUnavailable:
         code: Any = exc.code()
         name = getattr(code, "name", str(code))
         if "Permission denied" in details:
-            return RuntimeUnavailable(f"{what} on {path}: permission denied")
-        return RuntimeUnavailable(f"{what} on {path} failed: {name}: {details}")
+            return RuntimeUnavailable(f"{what} on {path}: permission denied", "permission_denied")
+        return RuntimeUnavailable(f"{what} on {path} failed: {name}: {details}", _grpc_kind(name, details))
     if isinstance(exc, TimeoutError):
-        return RuntimeUnavailable(f"{what} on {path}: no answer in time")
-    return RuntimeUnavailable(f"{what} on {path} failed: {type(exc).__name__}: {exc}")
+        return RuntimeUnavailable(f"{what} on {path}: no answer in time", "timeout")
+    kind = kind_of_oserror(exc) if isinstance(exc, OSError) else "error"
+    return RuntimeUnavailable(f"{what} on {path} failed: {type(exc).__name__}: {exc}", kind)
+
+
+def _grpc_kind(code: str, details: str) -> UnavailableKind:
+    """The kind of a failed call from its status code (and, for a failed connect, the errno text gRPC reports)."""
+    if code == "DEADLINE_EXCEEDED":
+        return "timeout"
+    if code == "UNAVAILABLE":
+        # A connect that failed names the errno's text: the socket vanished between stat and connect.
+        return "not_found" if "No such file or directory" in details else "unavailable"
+    if code in ("RESOURCE_EXHAUSTED", "CANCELLED", "ABORTED"):
+        return "unavailable"
+    if code == "PERMISSION_DENIED":
+        return "permission_denied"
+    return "error"
 
 
 def rpc_errors() -> tuple[type[BaseException], ...]:

@@ -336,7 +336,8 @@ def _raise_error(data: bytes, pos: int, length: int, flags: int) -> None:
     if error >= 0:
         return
     code = -error
-    reason = os.strerror(code)
+    # -INT32_MIN does not fit the C int that os.strerror takes; only a corrupt buffer holds it.
+    reason = os.strerror(code) if code < 1 << 31 else f"Unknown error {code}"
     end = pos + length
     if flags & NLM_F_ACK_TLVS and length >= _NLMSG_HDRLEN + 4 + _NLMSG_HDRLEN:
         # Extended ACK (NETLINK_EXT_ACK): the kernel's own explanation follows the echoed request.

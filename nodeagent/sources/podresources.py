@@ -15,12 +15,13 @@ from nodeagent.sources.runtime_model import check_socket
 LIST_METHOD = "/v1.PodResourcesLister/List"
 
 _GPU_UUID = r"GPU-[0-9a-fA-F-]{36}"
-_WHOLE_OR_REPLICA = re.compile(rf"^(?P<gpu>{_GPU_UUID})(?:::(?P<replica>\d+))?$")
+# Indexes are at most 9 ASCII digits: a longer run is no NVIDIA id form (and int() refuses more than 4300 digits).
+_WHOLE_OR_REPLICA = re.compile(rf"^(?P<gpu>{_GPU_UUID})(?:::(?P<replica>[0-9]{{1,9}}))?$")
 _MIG = re.compile(r"^MIG-[0-9a-fA-F-]{36}$")
 # R450/R460 drivers named MIG devices by parent GPU, GPU instance and compute instance.
-_MIG_LEGACY = re.compile(rf"^MIG-(?P<gpu>{_GPU_UUID})/(?P<gi>\d+)/(?P<ci>\d+)$")
+_MIG_LEGACY = re.compile(rf"^MIG-(?P<gpu>{_GPU_UUID})/(?P<gi>[0-9]{{1,9}})/(?P<ci>[0-9]{{1,9}})$")
 # GKE's device plugin: nvidia<N>, nvidia<N>/gi<M>, nvidia<N>/vgpu<k>, nvidia<N>/gi<M>/vgpu<k>.
-_GKE = re.compile(r"^nvidia(?P<index>\d+)(?:/gi(?P<gi>\d+))?(?:/vgpu(?P<replica>\d+))?$")
+_GKE = re.compile(r"^nvidia(?P<index>[0-9]{1,9})(?:/gi(?P<gi>[0-9]{1,9}))?(?:/vgpu(?P<replica>[0-9]{1,9}))?$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ that name a Kubernetes pod and container.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import AsyncIterator, Mapping
@@ -23,15 +24,36 @@ CRI_KIND = "io.cri-containerd.kind"
 DOCKER_TYPE = "io.kubernetes.docker.type"
 
 
+# What kind of failure a ``RuntimeUnavailable`` is: the reasons of ``nodeagent_collector_failures_total`` that a
+# runtime API can fail with.
+UnavailableKind = Literal["timeout", "permission_denied", "not_found", "parse_error", "unavailable", "error"]
+
+_ERRNO_KINDS: dict[int, UnavailableKind] = {
+    errno.EACCES: "permission_denied",
+    errno.EPERM: "permission_denied",
+    errno.ENOENT: "not_found",
+    errno.ETIMEDOUT: "timeout",
+}
+
+
 class RuntimeUnavailable(Exception):
     """
     A runtime's socket is missing, refuses us, or does not answer; ``reason`` says which, for logs and
-    ``nodeagent doctor``.
+    ``nodeagent doctor``, and ``kind`` classifies it (``not_found``, ``permission_denied``, ``timeout``,
+    ``unavailable`` for a runtime that is down or closed the connection, ``parse_error``, ``error``).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, kind: UnavailableKind = "unavailable") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind: UnavailableKind = kind
+
+
+def kind_of_oserror(exc: OSError) -> UnavailableKind:
+    """The ``RuntimeUnavailable.kind`` of a failed connect or call: from its errno, else ``unavailable``."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return _ERRNO_KINDS.get(exc.errno or 0, "unavailable")
 
 
 def check_socket(path: str) -> None:
@@ -44,15 +66,20 @@ def check_socket(path: str) -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise RuntimeUnavailable(f"socket {path} does not exist") from None
+        raise RuntimeUnavailable(f"socket {path} does not exist", "not_found") from None
     except PermissionError:
-        raise RuntimeUnavailable(f"permission denied on {path} (or a directory above it)") from None
+        raise RuntimeUnavailable(
+            f"permission denied on {path} (or a directory above it)", "permission_denied"
+        ) from None
     except OSError as exc:
-        raise RuntimeUnavailable(f"cannot stat {path}: {exc.strerror or exc}") from None
+        raise RuntimeUnavailable(f"cannot stat {path}: {exc.strerror or exc}", kind_of_oserror(exc)) from None
     if not stat.S_ISSOCK(st.st_mode):
-        raise RuntimeUnavailable(f"{path} is not a unix socket")
-    if not os.access(path, os.R_OK | os.W_OK):
-        raise RuntimeUnavailable(f"permission denied on {path}: run as root or add this user to the socket's group")
+        raise RuntimeUnavailable(f"{path} is not a unix socket", "error")
+    # connect(2) needs write permission only; effective ids and capabilities decide, as they do for connect.
+    if not os.access(path, os.W_OK, effective_ids=True):
+        raise RuntimeUnavailable(
+            f"permission denied on {path}: run as root or add this user to the socket's group", "permission_denied"
+        )
 
 
 @dataclass(frozen=True, slots=True)

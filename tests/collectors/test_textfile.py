@@ -92,3 +92,19 @@ async def test_no_directory_is_not_an_error(collect: Collect, tmp_path: Path) ->
 
     assert {"node_textfile_mtime_seconds", "node_textfile_scrape_error"} == set(families)
     assert (((), 0),) == families["node_textfile_scrape_error"].samples
+
+
+async def test_unreadable_directory_is_an_error(collect: Collect, tmp_path: Path) -> None:
+    """A directory that cannot be listed (here: a file in its place, ENOTDIR; as a non-root user also EACCES) sets
+    the error flag instead of looking empty; hidden files are never read."""
+    directory = tmp_path / "var" / "lib" / "node_exporter" / "textfile_collector"
+    directory.parent.mkdir(parents=True)
+    directory.write_text("not a directory\n")
+    families = await collect(textfile.SPEC, HostPaths(rootfs=str(tmp_path)))
+    assert (((), 1),) == families["node_textfile_scrape_error"].samples
+
+    directory.unlink()
+    paths = _host(tmp_path, {"a.prom": "raid_ok 1\n", ".b.prom": "this is { half written\n"})
+    families = await collect(textfile.SPEC, paths)
+    assert (((), 0),) == families["node_textfile_scrape_error"].samples
+    assert "raid_ok" in families

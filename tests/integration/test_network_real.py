@@ -8,6 +8,7 @@ vanishes is skipped, and TCP state counts equal what ``ss`` reports.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -119,7 +120,9 @@ async def test_host_interface_counters_equal_the_kernels(lab: NetnsLab) -> None:
         "transmit_drop": kernel["tx_dropped"],
         "receive_multicast": kernel["multicast"],
         "transmit_colls": kernel["collisions"],
-        "receive_frame": kernel["rx_frame_errors"] + kernel["rx_length_errors"] + kernel["rx_over_errors"]
+        "receive_frame": kernel["rx_frame_errors"]
+        + kernel["rx_length_errors"]
+        + kernel["rx_over_errors"]
         + kernel["rx_crc_errors"],
         "receive_nohandler": kernel["rx_nohandler"],
     }
@@ -132,15 +135,31 @@ async def test_host_interface_counters_equal_the_kernels(lab: NetnsLab) -> None:
     assert one(families, "node_network_flags", device="lo") == int(lab.sysfs(None, "lo", "flags"), 16)
     assert one(families, "node_network_iface_link", device=host_end) == int(lab.sysfs(None, host_end, "iflink"))
     assert one(families, "node_network_transmit_queue_length", device=host_end) == int(
-        lab.sysfs(None, host_end, "tx_queue_len"))
+        lab.sysfs(None, host_end, "tx_queue_len")
+    )
     assert one(families, "node_network_protocol_type", device=host_end) == int(lab.sysfs(None, host_end, "type"))
     assert one(families, "node_network_carrier_changes_total", device=host_end) == int(
-        lab.sysfs(None, host_end, "carrier_changes"))
-    info = [dict(zip(f.labelnames, v, strict=True)) for f in families if f.name == "node_network_info"
-            for v, _ in f.samples if v[0] == host_end]
-    assert info == [{"device": host_end, "address": lab.mac(None, host_end), "broadcast": "ff:ff:ff:ff:ff:ff",
-                     "duplex": lab.sysfs(None, host_end, "duplex"), "operstate": "up", "adminstate": "up",
-                     "ifalias": "", "kind": "veth"}]
+        lab.sysfs(None, host_end, "carrier_changes")
+    )
+    info = [
+        dict(zip(f.labelnames, v, strict=True))
+        for f in families
+        if f.name == "node_network_info"
+        for v, _ in f.samples
+        if v[0] == host_end
+    ]
+    assert info == [
+        {
+            "device": host_end,
+            "address": lab.mac(None, host_end),
+            "broadcast": "ff:ff:ff:ff:ff:ff",
+            "duplex": lab.sysfs(None, host_end, "duplex"),
+            "operstate": "up",
+            "adminstate": "up",
+            "ifalias": "",
+            "kind": "veth",
+        }
+    ]
 
 
 async def test_device_exclude_drops_matching_interfaces(lab: NetnsLab) -> None:
@@ -226,12 +245,14 @@ async def test_process_in_its_own_namespace_gets_container_network_rows_at_pod_l
         assert values(families, "container_network_receive_bytes_total", interface=host_end) == []
 
         # The namespace goes away with its process: skipped without error, its socket released.
+        inode = os.stat(f"/run/netns/{ns}").st_ino
+        assert inode in c._netns
         for proc in tree.procs:
             TestCgroups.stop(proc)
         lab.delete_netns(ns)
         families = c.collect_sync()
         assert values(families, "container_network_receive_bytes_total", id=pod_id) == []
-        assert c._netns == {}
+        assert inode not in c._netns  # other pods on the host may hold their own entries
     finally:
         await c.aclose()
         assert tree.cleanup() == []
@@ -265,13 +286,34 @@ async def test_tcp_state_counts_equal_ss() -> None:
     got = {labels[0]: v for labels, v in families[0].samples}
     assert {k: v for k, v in got.items() if v} == {k: float(v) for k, v in before.items()}
     assert got["listen"] >= 5 and got["established"] >= 6
-    assert set(got) == {"established", "syn_sent", "syn_recv", "fin_wait1", "fin_wait2", "time_wait", "close",
-                        "close_wait", "last_ack", "listen", "closing"}
+    assert set(got) == {
+        "established",
+        "syn_sent",
+        "syn_recv",
+        "fin_wait1",
+        "fin_wait2",
+        "time_wait",
+        "close",
+        "close_wait",
+        "last_ack",
+        "listen",
+        "closing",
+    }
 
 
-_SS_NAMES = {"ESTAB": "established", "SYN-SENT": "syn_sent", "SYN-RECV": "syn_recv", "FIN-WAIT-1": "fin_wait1",
-             "FIN-WAIT-2": "fin_wait2", "TIME-WAIT": "time_wait", "UNCONN": "close", "CLOSE-WAIT": "close_wait",
-             "LAST-ACK": "last_ack", "LISTEN": "listen", "CLOSING": "closing"}
+_SS_NAMES = {
+    "ESTAB": "established",
+    "SYN-SENT": "syn_sent",
+    "SYN-RECV": "syn_recv",
+    "FIN-WAIT-1": "fin_wait1",
+    "FIN-WAIT-2": "fin_wait2",
+    "TIME-WAIT": "time_wait",
+    "UNCONN": "close",
+    "CLOSE-WAIT": "close_wait",
+    "LAST-ACK": "last_ack",
+    "LISTEN": "listen",
+    "CLOSING": "closing",
+}
 
 
 def _ss_states() -> dict[str, int]:

@@ -75,7 +75,7 @@ def test_sighup_applies_a_good_config_and_keeps_running_on_a_broken_one(tmp_path
             failed_before = len(_events(log_path, "config.reload_failed"))
             cfg.write_text(broken)
             proc.send_signal(signal.SIGHUP)
-            wait_until(lambda: len(_events(log_path, "config.reload_failed")) > failed_before, 30, "the refusal")
+            wait_until(lambda n=failed_before: len(_events(log_path, "config.reload_failed")) > n, 30, "the refusal")
             message = _events(log_path, "config.reload_failed")[-1]["error.message"]
             assert reason in str(message) and str(cfg) in str(message), message
             during = _samples(url)
@@ -97,7 +97,9 @@ def test_sighup_applies_a_good_config_and_keeps_running_on_a_broken_one(tmp_path
         assert recovery < 15, recovery
         assert proc.poll() is None
     assert 0 == proc.returncode
-    assert not [r for r in _records(log_path) if r.get("log.level") == "error" and r["message"] != "config.reload_failed"]
+    assert not [
+        r for r in _records(log_path) if r.get("log.level") == "error" and r["message"] != "config.reload_failed"
+    ]
 
 
 def test_sighup_reloads_the_log_level(tmp_path: Path) -> None:

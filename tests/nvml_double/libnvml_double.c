@@ -48,7 +48,8 @@
  * memory, processes, instance ids; utilisation NOT_SUPPORTED on MIG handles and on a MIG-enabled parent);
  * Xid events delivered once each per event set, with nvmlEventSetWait_v2 blocking (10 ms sleeps, no lock
  * held) until an event arrives or the timeout passes, then TIMEOUT; injected errors per function (global,
- * per GPU, per MIG slot; "*" for every call on a GPU, e.g. GPU_IS_LOST) and injected delays.
+ * per GPU, per MIG slot; "*" for every call on a GPU, e.g. GPU_IS_LOST), injected delays, and injected hangs
+ * (a call that blocks until the scenario no longer holds its hang rule: a wedged driver call and its recovery).
  *
  * Thread safety: one mutex guards the scenario, the refcount and the event sets; no call sleeps holding it.
  */
@@ -231,7 +232,7 @@ typedef struct {
 
 struct rule {
     char fn[80];
-    unsigned int value; /* nvmlReturn_t for errors, milliseconds for delays */
+    unsigned int value; /* nvmlReturn_t for errors, milliseconds for delays, unused for hangs */
 };
 
 struct rules {
@@ -299,14 +300,14 @@ struct gpu {
     struct proc proc[MAX_PROCS], gproc[MAX_PROCS];
     struct putil putil[MAX_PUTIL];
     struct xid xid[MAX_XIDS];
-    struct rules errors, delays;
+    struct rules errors, delays, hangs;
     struct mig mig[MAX_MIG];
 };
 
 struct scenario {
     char driver[STR], nvml_version[STR];
     opt_t cuda, init_error;
-    struct rules errors, delays;
+    struct rules errors, delays, hangs;
     int ngpus;
     struct gpu gpu[MAX_GPUS];
 };
@@ -684,12 +685,19 @@ static bool parse_text(char *dst, char **s, const struct pctx *px)
     return true;
 }
 
-static void parse_rule(struct rules *rs, char **s, const struct pctx *px, bool is_error)
+enum rule_kind { RULE_ERROR, RULE_DELAY, RULE_HANG };
+
+static void parse_rule(struct rules *rs, char **s, const struct pctx *px, enum rule_kind kind)
 {
+    static const char *const usage[] = {
+        [RULE_ERROR] = "expected: error <function|*> <nvml return code>",
+        [RULE_DELAY] = "expected: delay <function|*> <ms>",
+        [RULE_HANG] = "expected: hang <function|*>",
+    };
     char *fn = tok(s);
-    unsigned int v;
-    if (fn == NULL || !parse_u32(tok(s), &v) || tok(s) != NULL) {
-        bad(px, is_error ? "expected: error <function|*> <nvml return code>" : "expected: delay <function|*> <ms>");
+    unsigned int v = 0;
+    if (fn == NULL || (kind != RULE_HANG && !parse_u32(tok(s), &v)) || tok(s) != NULL) {
+        bad(px, usage[kind]);
         return;
     }
     if (strlen(fn) >= sizeof rs->r[0].fn) {
@@ -856,7 +864,7 @@ static void parse_mig(struct gpu *g, char **s, const struct pctx *px)
     else if (strcmp(key, "graphics_process") == 0)
         parse_proc(m->gproc, &m->ngproc, MAX_MIG_PROCS, s, px);
     else if (strcmp(key, "error") == 0)
-        parse_rule(&m->errors, s, px, true);
+        parse_rule(&m->errors, s, px, RULE_ERROR);
     else
         bad(px, "unknown mig key");
 }
@@ -942,9 +950,11 @@ static void parse_device(struct gpu *g, char *key, char **s, const struct pctx *
         else
             g->putil[g->nputil++] = p;
     } else if (strcmp(key, "error") == 0) {
-        parse_rule(&g->errors, s, px, true);
+        parse_rule(&g->errors, s, px, RULE_ERROR);
     } else if (strcmp(key, "delay") == 0) {
-        parse_rule(&g->delays, s, px, false);
+        parse_rule(&g->delays, s, px, RULE_DELAY);
+    } else if (strcmp(key, "hang") == 0) {
+        parse_rule(&g->hangs, s, px, RULE_HANG);
     } else if (strcmp(key, "mig_mode") == 0) {
         if (!parse_u32(tok(s), &a) || !parse_u32(tok(s), &b) || tok(s) != NULL) {
             bad(px, "expected: mig_mode <current 0|1> <pending 0|1>");
@@ -991,9 +1001,11 @@ static void parse_line(struct scenario *sc, char *line, const struct pctx *px)
         else
             sc->init_error = (opt_t){true, v};
     } else if (strcmp(key, "error") == 0) {
-        parse_rule(&sc->errors, &s, px, true);
+        parse_rule(&sc->errors, &s, px, RULE_ERROR);
     } else if (strcmp(key, "delay") == 0) {
-        parse_rule(&sc->delays, &s, px, false);
+        parse_rule(&sc->delays, &s, px, RULE_DELAY);
+    } else if (strcmp(key, "hang") == 0) {
+        parse_rule(&sc->hangs, &s, px, RULE_HANG);
     } else if (strcmp(key, "device") == 0) {
         unsigned int i;
         if (!parse_u32(tok(&s), &i) || i >= MAX_GPUS) {
@@ -1151,6 +1163,33 @@ static unsigned int delay_for(const char *fn, int gi)
     return 0;
 }
 
+/* Whether the current scenario holds a hang rule for fn (on GPU gi, or global). Called with g_lock held. */
+static bool hang_for(const char *fn, int gi)
+{
+    unsigned int unused;
+    if (g_sc == NULL)
+        return false;
+    if (gi >= 0 && gi < g_sc->ngpus && find_rule(&g_sc->gpu[gi].hangs, fn, &unused))
+        return true;
+    return find_rule(&g_sc->hangs, fn, &unused);
+}
+
+/* Blocks (lock released, GIL released by ctypes) while the scenario holds a hang rule for fn: a wedged driver
+ * call. Re-reads the scenario every WAIT_POLL_MS; returns once the rule is gone, the scenario vanished or NVML
+ * was shut down (the caller's own checks then answer as usual). */
+static void wait_out_hang(const char *fn, int gi, bool initialised)
+{
+    for (;;) {
+        pthread_mutex_lock(&g_lock);
+        reload_locked();
+        bool hanging = (!initialised || g_refcount > 0) && hang_for(fn, gi);
+        pthread_mutex_unlock(&g_lock);
+        if (!hanging)
+            return;
+        sleep_ms(WAIT_POLL_MS);
+    }
+}
+
 static bool error_for(const char *fn, int gi, int slot, unsigned int *code)
 {
     if (gi >= 0) {
@@ -1175,6 +1214,7 @@ static nvmlReturn_t enter_at(const char *fn, int gi, int slot, bool allow_mig, s
     unsigned int ms = delay_for(fn, gi);
     pthread_mutex_unlock(&g_lock);
     sleep_ms(ms);
+    wait_out_hang(fn, gi, true);
 
     pthread_mutex_lock(&g_lock);
     reload_locked();
@@ -1220,6 +1260,7 @@ static nvmlReturn_t do_init(const char *fn)
     unsigned int ms = delay_for(fn, -1);
     pthread_mutex_unlock(&g_lock);
     sleep_ms(ms);
+    wait_out_hang(fn, -1, false);
 
     pthread_mutex_lock(&g_lock);
     reload_locked();

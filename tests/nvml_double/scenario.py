@@ -187,7 +187,8 @@ class Gpu:
     ``uuid`` (``gpu_uuid(index)``), ``serial``, ``pci_bus_id`` and ``minor``.
 
     ``errors`` maps a function name (or ``"*"``) to an NVML return code for every call on this GPU and its MIG
-    devices, e.g. ``{"*": GPU_IS_LOST}``; ``delays`` maps a function name to milliseconds.
+    devices, e.g. ``{"*": GPU_IS_LOST}``; ``delays`` maps a function name to milliseconds; ``hangs`` names
+    functions (or ``"*"``) whose calls on this GPU block until a scenario without the rule is written.
     """
 
     uuid: str | None = None
@@ -239,6 +240,7 @@ class Gpu:
     xids: list[Xid] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
     delays: dict[str, int] = field(default_factory=dict)
+    hangs: list[str] = field(default_factory=list)
 
     def resolved_uuid(self, index: int) -> str:
         return self.uuid if self.uuid is not None else gpu_uuid(index)
@@ -321,6 +323,7 @@ class Gpu:
             lines.append(line)
         lines += [f"{p} error {fn} {code}" for fn, code in self.errors.items()]
         lines += [f"{p} delay {fn} {ms}" for fn, ms in self.delays.items()]
+        lines += [f"{p} hang {fn}" for fn in self.hangs]
         return lines
 
 
@@ -334,7 +337,9 @@ class Scenario:
 
     ``errors``/``delays`` map a C function name (``"nvmlDeviceGetCount_v2"``; an unversioned name such as
     ``"nvmlDeviceGetMemoryInfo"`` also selects its ``_vN`` symbols) to a return code or milliseconds.
-    ``init_error`` makes ``nvmlInit`` fail with that code (9: NVMLError_DriverNotLoaded).
+    ``init_error`` makes ``nvmlInit`` fail with that code (9: NVMLError_DriverNotLoaded). ``hangs`` names functions
+    (or ``"*"``, which includes ``nvmlInit``) whose every call blocks until a scenario without the rule is written:
+    a wedged driver call that returns once the driver recovers.
     """
 
     gpus: list[Gpu] = field(default_factory=lambda: [Gpu()])
@@ -344,6 +349,7 @@ class Scenario:
     init_error: int | None = None
     errors: dict[str, int] = field(default_factory=dict)
     delays: dict[str, int] = field(default_factory=dict)
+    hangs: list[str] = field(default_factory=list)
     extra_lines: list[str] = field(default_factory=list)  # appended verbatim (tests of the parser)
 
     def render(self) -> str:
@@ -358,6 +364,7 @@ class Scenario:
             lines.append(f"init_error {self.init_error}")
         lines += [f"error {fn} {code}" for fn, code in self.errors.items()]
         lines += [f"delay {fn} {ms}" for fn, ms in self.delays.items()]
+        lines += [f"hang {fn}" for fn in self.hangs]
         for index, gpu in enumerate(self.gpus):
             lines += gpu.render(index)
         lines += self.extra_lines

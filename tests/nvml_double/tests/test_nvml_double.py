@@ -707,6 +707,55 @@ def test_delay_makes_a_call_hang(lib: ctypes.CDLL, scenario_path: Path) -> None:
     assert time.monotonic() - t >= 0.19
 
 
+def test_hang_blocks_a_call_until_the_rule_is_removed(lib: ctypes.CDLL, scenario_path: Path) -> None:
+    """A hung call (GPU 0's power) blocks with the lock released, so other calls and GPUs answer meanwhile; it
+    returns its normal value once a scenario without the rule is written."""
+    hung = Scenario(gpus=[Gpu(hangs=["nvmlDeviceGetPowerUsage"]), Gpu(power_mw=123_000)])
+    start(hung, scenario_path)
+    h0, h1 = pynvml.nvmlDeviceGetHandleByIndex(0), pynvml.nvmlDeviceGetHandleByIndex(1)
+    result: list[int] = []
+    caller = threading.Thread(target=lambda: result.append(pynvml.nvmlDeviceGetPowerUsage(h0)), daemon=True)
+    caller.start()
+    caller.join(0.5)
+    assert caller.is_alive() and result == []  # still blocked after 0.5 s
+    t = time.monotonic()
+    assert pynvml.nvmlDeviceGetPowerUsage(h1) == 123_000
+    assert pynvml.nvmlDeviceGetTemperature(h0, 0) == 31  # only the named function hangs
+    assert time.monotonic() - t < 0.2
+    Scenario(gpus=[Gpu(), Gpu(power_mw=123_000)]).write(scenario_path)
+    caller.join(2.0)
+    assert not caller.is_alive() and result == [69_000]
+
+
+def test_hang_everything_includes_init_and_shutdown_releases_calls(lib: ctypes.CDLL, scenario_path: Path) -> None:
+    """``hang *`` blocks nvmlInit too (released by removing the rule); a call hanging while initialised returns
+    UNINITIALIZED once another thread shuts NVML down."""
+    Scenario(hangs=["*"]).write(scenario_path)
+    done = threading.Event()
+    init = threading.Thread(target=lambda: (pynvml.nvmlInit(), done.set()), daemon=True)
+    init.start()
+    assert not done.wait(0.3)
+    Scenario().write(scenario_path)
+    assert done.wait(2.0)
+    h0 = pynvml.nvmlDeviceGetHandleByIndex(0)
+    Scenario(gpus=[Gpu(hangs=["*"])]).write(scenario_path)
+    errors: list[int] = []
+
+    def call() -> None:
+        try:
+            pynvml.nvmlDeviceGetPowerUsage(h0)
+        except pynvml.NVMLError as exc:
+            errors.append(exc.value)
+
+    caller = threading.Thread(target=call, daemon=True)
+    caller.start()
+    caller.join(0.3)
+    assert caller.is_alive()
+    pynvml.nvmlShutdown()
+    caller.join(2.0)
+    assert not caller.is_alive() and errors == [pynvml.NVML_ERROR_UNINITIALIZED]
+
+
 def test_unknown_keys_are_reported_once_on_stderr(lib_dir: Path, scenario_path: Path) -> None:
     Scenario(
         extra_lines=[
@@ -714,6 +763,7 @@ def test_unknown_keys_are_reported_once_on_stderr(lib_dir: Path, scenario_path: 
             "device 0 frobnicate 2",
             "device 0 power_mw not-a-number",
             "device 0 error nvmlDeviceGetFooBar 3",
+            "hang nvmlDeviceGetCount_v2 5",
         ]
     ).write(scenario_path)
     code = (
@@ -734,6 +784,7 @@ def test_unknown_keys_are_reported_once_on_stderr(lib_dir: Path, scenario_path: 
         "unknown device key: device 0 frobnicate 2",
         "expected one unsigned number: device 0 power_mw not-a-number",
         "function not implemented by the double (rule kept): device 0 error nvmlDeviceGetFooBar 3",
+        "expected: hang <function|*>: hang nvmlDeviceGetCount_v2 5",
     ):
         assert sum(needle in line for line in lines) == 1, proc.stderr
 
@@ -1102,10 +1153,12 @@ def test_scenario_rendering() -> None:
                 field_errors=[FieldError(155, 4)],
                 errors={"*": 15},
                 delays={"nvmlDeviceGetPowerUsage": 250},
+                hangs=["nvmlDeviceGetTemperature"],
             )
         ],
         init_error=9,
         errors={"nvmlDeviceGetCount_v2": 999},
+        hangs=["nvmlDeviceGetCount_v2"],
     )
     lines = sc.render().splitlines()
     for line in (
@@ -1126,6 +1179,8 @@ def test_scenario_rendering() -> None:
         "device 0 field_error 155 4",
         "device 0 error * 15",
         "device 0 delay nvmlDeviceGetPowerUsage 250",
+        "device 0 hang nvmlDeviceGetTemperature",
+        "hang nvmlDeviceGetCount_v2",
     ):
         assert line in lines
     with pytest.raises(ValueError, match="one non-empty line"):
