@@ -14,9 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from nodeagent.hostfs import HostPaths
-from nodeagent.sources.cgroupfs import NoCgroupsError, discover_layout
-from tests.prereq import missing
+from tests.integration.cgroups_helpers import writable_layout
 
 pytestmark = pytest.mark.root
 
@@ -27,15 +25,7 @@ BENCH = REPO_ROOT / "bench" / "cgroups.py"
 @pytest.fixture
 def cgroup_root() -> str:
     """The host's cgroup root, writable by this (root) process; fails under CI, skips elsewhere, if not."""
-    if os.geteuid() != 0:
-        missing("root (the bench creates cgroups)")
-    root = HostPaths().cgroup_root
-    try:
-        layout = discover_layout(root)
-    except NoCgroupsError as exc:
-        missing(f"a mounted cgroup hierarchy ({exc})")
-    if not os.access(layout.walk_root, os.W_OK):
-        missing(f"a writable cgroup hierarchy ({layout.walk_root} is read-only)")
+    root, _ = writable_layout("the bench creates cgroups")
     return root
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.faults.fuse import detach
-from tests.integration.agent_proc import free_port, http_get, wait_until
+from tests.integration.agent_proc import AgentProcess, free_port, http_get, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 # statfs(2) and its number per architecture: a thread blocked in it shows this in /proc/<pid>/task/<tid>/syscall.
@@ -49,26 +49,14 @@ def _cmdline(pid: int) -> str:
 
 
 @dataclass
-class NamespacedAgent:
-    """The agent (``pid``, in the host's PID namespace), its FUSE daemon, the mounts and the log."""
+class NamespacedAgent(AgentProcess):
+    """The agent: ``proc`` is the ``unshare`` process that holds the namespaces, ``pid`` the agent (in the host's PID
+    namespace); its FUSE daemon, the mounts and the log."""
 
-    unshare: subprocess.Popen[bytes]
     pid: int
     daemon_pid: int
-    port: int
-    log_path: str
     fuse_mount: str
     tmpfs_mount: str
-
-    @property
-    def url(self) -> str:
-        """Base URL."""
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        """Everything the agent wrote so far."""
-        with open(self.log_path, encoding="utf-8", errors="replace") as f:
-            return f.read()
 
     def hang(self) -> None:
         """Stop the FUSE daemon: from now on statfs on the mount blocks in the kernel."""
@@ -116,7 +104,7 @@ def agent_with_mounts(args: Sequence[str], tmp_dir: Path, timeout: float = 30.0)
             with open(log_path, encoding="utf-8", errors="replace") as f:
                 raise AssertionError(f"the namespaced agent exited ({unshare.returncode}):\n{f.read()}")
         daemon = next(c for c in _children(pid) if "tests.faults.fuse" in _cmdline(c))
-        yield NamespacedAgent(unshare, pid, daemon, port, log_path, str(fuse_mount), str(tmpfs_mount))
+        yield NamespacedAgent(unshare, port, log_path, pid, daemon, str(fuse_mount), str(tmpfs_mount))
     finally:
         _stop(unshare, pid, daemon, (str(fuse_mount), str(tmpfs_mount)))
         for d in (fuse_mount, tmpfs_mount):

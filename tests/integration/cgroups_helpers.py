@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily
-from nodeagent.sources.cgroupfs import CgroupLayout
+from nodeagent.sources.cgroupfs import CgroupLayout, NoCgroupsError, discover_layout
+from tests.prereq import missing
 
 TEST_PREFIX = "nodeagent-test-"
 
@@ -200,6 +202,41 @@ class TestCgroups:
                 if not _rmdir(dirpath, pids):
                     left.append(dirpath)
         return left
+
+
+def writable_layout(why: str, v1_needed: Sequence[str] = ()) -> tuple[str, CgroupLayout]:
+    """
+    The host's cgroup root and layout, if this process may create cgroups there (root, a mounted and writable
+    hierarchy, the v1 controllers in ``v1_needed``); otherwise ``missing`` (fails under CI, skips elsewhere).
+    """
+    if os.geteuid() != 0:
+        missing(f"root ({why})")
+    root = HostPaths().cgroup_root
+    try:
+        layout = discover_layout(root)
+    except NoCgroupsError as exc:
+        missing(f"a mounted cgroup hierarchy ({exc})")
+    absent = [c for c in v1_needed if c not in layout.v1]
+    if absent:
+        missing(
+            f"cgroup v1 hierarchies {', '.join(absent)} under {root} (a v1 or hybrid host; these tests read v1 files)"
+        )
+    if not os.access(layout.walk_root, os.W_OK):
+        missing(f"a writable cgroup hierarchy ({layout.walk_root} is read-only)")
+    return root, layout
+
+
+@contextlib.contextmanager
+def cgroup_tree(v1_needed: Sequence[str] = ()) -> Iterator[TestCgroups]:
+    """A test-only cgroup tree; afterwards its processes are killed and reaped and every directory is removed."""
+    root, layout = writable_layout("the tests create cgroups", v1_needed)
+    t = TestCgroups(layout)
+    try:
+        yield t
+    finally:
+        left = t.cleanup()
+    assert left == [], f"cgroups left behind: {left}"
+    assert leftovers(root, os.getpid()) == []
 
 
 def leftovers(cgroup_root: str, pid: int) -> list[str]:

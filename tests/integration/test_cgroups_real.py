@@ -29,11 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from nodeagent.collectors.cgroups import CgroupsCollector, CgroupsConfig
 from nodeagent.hostfs import HostPaths
 from nodeagent.metrics import MetricFamily
-from nodeagent.sources.cgroupfs import NoCgroupsError, discover_layout
 from nodeagent.workloads import WalkResult, WorkloadResolver, walk
 from tests.collectors.conftest import make_ctx
 from tests.integration.agent_proc import http_get, run_agent, wait_until
-from tests.integration.cgroups_helpers import TestCgroups, ids, leftovers, rows, value
+from tests.integration.cgroups_helpers import TestCgroups, cgroup_tree, ids, rows, value
 from tests.integration.peers import run_prometheus, scrape_config, wait_for_scrapes
 from tests.prereq import missing
 
@@ -50,28 +49,9 @@ HOG = "b = b'x' * (200 << 20)\nprint('survived', flush=True)\n"
 
 @pytest.fixture
 def tree() -> Iterator[TestCgroups]:
-    """A test-only cgroup tree; afterwards its processes are killed and reaped and every directory is removed."""
-    if os.geteuid() != 0:
-        missing("root (the tests create cgroups)")
-    root = HostPaths().cgroup_root
-    try:
-        layout = discover_layout(root)
-    except NoCgroupsError as exc:
-        missing(f"a mounted cgroup hierarchy ({exc})")
-    absent = [c for c in V1_NEEDED if c not in layout.v1]
-    if absent:
-        missing(
-            f"cgroup v1 hierarchies {', '.join(absent)} under {root} (a v1 or hybrid host; these tests read v1 files)"
-        )
-    if not os.access(layout.walk_root, os.W_OK):
-        missing(f"a writable cgroup hierarchy ({layout.walk_root} is read-only)")
-    t = TestCgroups(layout)
-    try:
+    """A test-only cgroup tree on a v1 or hybrid host, removed afterwards (tests/integration/cgroups_helpers.py)."""
+    with cgroup_tree(V1_NEEDED) as t:
         yield t
-    finally:
-        left = t.cleanup()
-    assert left == [], f"cgroups left behind: {left}"
-    assert leftovers(root, os.getpid()) == []
 
 
 @dataclass(frozen=True)

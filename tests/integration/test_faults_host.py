@@ -40,7 +40,6 @@ from nodeagent.hostfs import HostPaths, SourceReadError
 from nodeagent.metrics import MetricFamily
 from nodeagent.sources import netlink
 from nodeagent.sources.blocking import DaemonThreadExecutor
-from nodeagent.sources.cgroupfs import NoCgroupsError, discover_layout
 from nodeagent.workloads import WorkloadResolver
 from tests.faults.churn import (
     CgroupChurn,
@@ -58,7 +57,7 @@ from tests.faults.fuse import STATFS as FUSE_STATFS
 from tests.faults.mountns import REPO, STATFS_SYSCALL, TMPFS_BYTES, NamespacedAgent, agent_with_mounts
 from tests.faults.observe import Scrape, healthz_seconds, of_collector, problems, records, scrape
 from tests.integration.agent_proc import AgentProcess, free_port, http_get, run_agent, started_process, wait_until
-from tests.integration.cgroups_helpers import TestCgroups, ids, leftovers, value
+from tests.integration.cgroups_helpers import TestCgroups, cgroup_tree, ids, value
 from tests.integration.netns_helpers import NetnsLab, require_netns
 from tests.nvml_double import Gpu, Process, Scenario, Xid, build_or_missing, subprocess_env
 from tests.nvml_double.scenario import GPU_IS_LOST, GiB
@@ -77,23 +76,9 @@ OTHERS_RUN = ("--set", "interval=2s", "--set", "jitter=1ms")
 
 @pytest.fixture
 def tree() -> Iterator[TestCgroups]:
-    """A test-only cgroup tree; afterwards its processes are killed and reaped and every directory is removed."""
-    if os.geteuid() != 0:
-        missing("root (the tests create cgroups)")
-    root = HostPaths().cgroup_root
-    try:
-        layout = discover_layout(root)
-    except NoCgroupsError as exc:
-        missing(f"a mounted cgroup hierarchy ({exc})")
-    if not os.access(layout.walk_root, os.W_OK):
-        missing(f"a writable cgroup hierarchy ({layout.walk_root} is read-only)")
-    t = TestCgroups(layout)
-    try:
+    """A test-only cgroup tree, removed afterwards (tests/integration/cgroups_helpers.py)."""
+    with cgroup_tree() as t:
         yield t
-    finally:
-        left = t.cleanup()
-    assert left == [], f"cgroups left behind: {left}"
-    assert leftovers(root, os.getpid()) == []
 
 
 def limit_memory(tree: TestCgroups, rel: str, limit: int) -> None:
@@ -791,7 +776,7 @@ def sigterm_exits(agent: NamespacedAgent) -> tuple[int | None, float]:
     stopping = time.monotonic()
     os.kill(agent.pid, signal.SIGTERM)
     try:
-        code: int | None = agent.unshare.wait(10)
+        code: int | None = agent.proc.wait(10)
     except subprocess.TimeoutExpired:
         code = None
     return code, time.monotonic() - stopping

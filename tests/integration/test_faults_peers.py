@@ -362,15 +362,6 @@ def test_kubelet_podresources_socket_missing_then_appears(tmp_path: Path) -> Non
 # --- log shipping ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def receiver() -> Iterator[BackgroundLumberjack]:
-    r = BackgroundLumberjack()
-    try:
-        yield r
-    finally:
-        r.close()
-
-
 def received(receiver: BackgroundLumberjack) -> list[ReceivedEvent]:
     """Every event the double recorded as queued, with the connection that brought it."""
 

@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ from tests.integration.ship_peers import BackgroundLumberjack, ShippingAgent, ag
 from tests.prereq import missing
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def receiver() -> Iterator[BackgroundLumberjack]:
-    r = BackgroundLumberjack()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 def test_receiver_down_for_60_seconds_loses_nothing_and_memory_stays_bounded(
