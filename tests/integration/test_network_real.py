@@ -28,6 +28,7 @@ from nodeagent.sources.cgroupfs import discover_layout
 from nodeagent.workloads import WorkloadResolver
 from tests.integration.cgroups_helpers import TestCgroups
 from tests.integration.netns_helpers import NetnsLab, require_netns
+from tests.test_netlink import SS_STATES  # ss(8) state names -> node_tcp_connection_states{state}
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -301,25 +302,10 @@ async def test_tcp_state_counts_equal_ss() -> None:
     }
 
 
-_SS_NAMES = {
-    "ESTAB": "established",
-    "SYN-SENT": "syn_sent",
-    "SYN-RECV": "syn_recv",
-    "FIN-WAIT-1": "fin_wait1",
-    "FIN-WAIT-2": "fin_wait2",
-    "TIME-WAIT": "time_wait",
-    "UNCONN": "close",
-    "CLOSE-WAIT": "close_wait",
-    "LAST-ACK": "last_ack",
-    "LISTEN": "listen",
-    "CLOSING": "closing",
-}
-
-
 def _ss_states() -> dict[str, int]:
     out = subprocess.run(["ss", "-Htan"], capture_output=True, text=True, check=True, timeout=30).stdout
     counts: dict[str, int] = {}
     for line in out.splitlines():
-        state = _SS_NAMES[line.split()[0]]
+        state = SS_STATES[line.split()[0]]
         counts[state] = counts.get(state, 0) + 1
     return counts

@@ -4,11 +4,13 @@ keeps serving on the running configuration, then recovers on the next good one."
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from tests.integration.agent_proc import free_port, http_get, started_process, wait_until
@@ -39,15 +41,21 @@ def _events(log_path: Path, name: str) -> list[dict[str, object]]:
     return [r for r in _records(log_path) if r.get("message") == name]
 
 
-def test_sighup_applies_a_good_config_and_keeps_running_on_a_broken_one(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _agent(tmp_path: Path, config: str) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path, str]]:
+    """``nodeagent run --config FILE`` with ``config`` in FILE, ready; yields the process, FILE, the log and the URL."""
     port = free_port()
     cfg = tmp_path / "nodeagent.yaml"
-    cfg.write_text(BASE + "  uname: {enabled: false}\n")
+    cfg.write_text(config)
     log_path = tmp_path / "agent.log"
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}", "--config", str(cfg)]
-    ready = lambda: http_get(url + "/readyz")[0] == 200  # noqa: E731
-    with started_process(cmd, log_path, ready, "the agent to become ready") as proc:
+    with started_process(cmd, log_path, lambda: http_get(url + "/readyz")[0] == 200, "the agent to be ready") as proc:
+        yield proc, cfg, log_path, url
+
+
+def test_sighup_applies_a_good_config_and_keeps_running_on_a_broken_one(tmp_path: Path) -> None:
+    with _agent(tmp_path, BASE + "  uname: {enabled: false}\n") as (proc, cfg, log_path, url):
         before = _samples(url)
         assert 1 == before["nodeagent_config_last_reload_successful"]
         assert not any(k.startswith("node_uname_info") for k in before)
@@ -103,14 +111,7 @@ def test_sighup_applies_a_good_config_and_keeps_running_on_a_broken_one(tmp_path
 
 
 def test_sighup_reloads_the_log_level(tmp_path: Path) -> None:
-    port = free_port()
-    cfg = tmp_path / "nodeagent.yaml"
-    cfg.write_text(BASE + "log: {level: info}\n")
-    log_path = tmp_path / "agent.log"
-    url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "nodeagent", "run", "--listen", f"127.0.0.1:{port}", "--config", str(cfg)]
-    env = {**os.environ}
-    with started_process(cmd, log_path, lambda: http_get(url + "/readyz")[0] == 200, "ready", env=env) as proc:
+    with _agent(tmp_path, BASE + "log: {level: info}\n") as (proc, cfg, log_path, _):
         assert not [r for r in _records(log_path) if r.get("log.level") == "debug"]
         cfg.write_text(BASE + "log: {level: debug}\n")
         proc.send_signal(signal.SIGHUP)
