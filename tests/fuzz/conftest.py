@@ -16,7 +16,17 @@ import pytest
 from tests.fuzz.support import REPORT_ENV, Cases
 
 _CASES = pytest.StashKey[Cases]()
-_STARTED = pytest.StashKey[float]()
+_SECONDS = pytest.StashKey[float]()  # time spent running the fuzz tests (not the rest of the session)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """Add the test's run time to the fuzz time (this conftest's hooks see only the tests below tests/fuzz)."""
+    started = time.monotonic()
+    try:
+        return (yield)
+    finally:
+        item.config.stash[_SECONDS] = item.config.stash.get(_SECONDS, 0.0) + time.monotonic() - started
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +35,6 @@ def cases(request: pytest.FixtureRequest) -> Cases:
     config = request.config
     if _CASES not in config.stash:
         config.stash[_CASES] = Cases()
-        config.stash[_STARTED] = time.monotonic()
     return config.stash[_CASES]
 
 
@@ -36,7 +45,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if not path or _CASES not in config.stash:
         return
     doc = config.stash[_CASES].report()
-    doc["wall_seconds"] = round(time.monotonic() - config.stash[_STARTED], 1)
+    doc["wall_seconds"] = round(config.stash.get(_SECONDS, 0.0), 1)
     Path(path).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
 
 
@@ -45,7 +54,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: p
     if _CASES not in config.stash:
         return
     counted = config.stash[_CASES]
-    wall = time.monotonic() - config.stash[_STARTED]
+    wall = config.stash.get(_SECONDS, 0.0)
     terminalreporter.write_sep("-", "fuzz")
     if config.getoption("verbose") > 0:
         for name, c in sorted(counted.targets.items()):
