@@ -746,15 +746,23 @@ class CgroupsCollector(BaseCollector):
 
     def _file(self, t: _Tracked, hierarchy: str, name: str) -> bytes | None:
         d = t.dirs.get(hierarchy)
-        return None if d is None else self._read_or_count(-1, name, f"{d}/{name}")
-
-    def _read_or_count(self, dir_fd: int, name: str, path: str) -> bytes | None:
-        """``read_file_at``; a read error counts as reason="io" and gives ``None`` like an absent file."""
-        try:
-            return read_file_at(dir_fd, name, path)
-        except OSError as exc:
-            self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
+        if d is None:
             return None
+        path = f"{d}/{name}"
+        try:
+            return read_file_at(-1, name, path)
+        except OSError as exc:
+            self._gone_or_count(t, path, exc)
+            return None
+
+    def _gone_or_count(self, t: _Tracked, path: str, exc: OSError) -> None:
+        """
+        A read failed with an error other than the usual ones of a removed cgroup: if the cgroup (or this file's
+        hierarchy of it) is gone now, it was removed during the read (``_Gone``); otherwise count an io error.
+        """
+        if not os.path.isdir(t.dirs[_WALKED]) or not os.path.isdir(os.path.dirname(path)):
+            raise _Gone(t.workload.id) from exc
+        self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
 
     def _parse_spec(self, t: _Tracked, hierarchy: str, name: str, parse: Callable[[bytes, str], _T]) -> _T | None:
         data = self._file(t, hierarchy, name)
@@ -914,7 +922,7 @@ class CgroupsCollector(BaseCollector):
             try:
                 data = read_file_at(dir_fd, name, path)
             except OSError as exc:
-                self._error("io", path, f"cannot read {path}: {exc.strerror or exc}")
+                self._gone_or_count(t, path, exc)
                 continue
             if data is None:
                 if entry is t.plan[0] or not os.path.isdir(t.dirs[_WALKED]):
@@ -951,7 +959,12 @@ class CgroupsCollector(BaseCollector):
             n = cache.get(d)
             if n is None:
                 # The cgroup's own directory has a held descriptor (its statistics files use it).
-                data = self._read_or_count(t.dir_fds.get(d, -1), "cgroup.procs", f"{d}/cgroup.procs")
+                try:
+                    data = read_file_at(t.dir_fds.get(d, -1), "cgroup.procs", f"{d}/cgroup.procs")
+                except OSError as exc:
+                    if os.path.isdir(d):  # else a sub-cgroup removed meanwhile: nothing to count
+                        self._gone_or_count(t, f"{d}/cgroup.procs", exc)
+                    continue
                 if data is None:
                     continue
                 n = cache[d] = data.count(b"\n")
