@@ -390,22 +390,27 @@ class WebSecurity:
         stamps = self._stamp_files()
         if stamps == self._stamps:
             return False
-        self._stamps = stamps
+        changed = {path for path in stamps.keys() | self._stamps.keys() if stamps.get(path) != self._stamps.get(path)}
         reloaded = False
-        if self.config.path:
+        if self.config.path and changed - {self.token_file}:
             reloaded = self._reload_web_config()
-        if self.token_file:
-            try:
-                tokens = load_bearer_tokens(self.token_file)
-            except ConfigError as exc:
-                self._log.error("web.bearer_tokens_reload_failed", error={"message": str(exc)})
-            else:
-                if tokens != self.tokens:
-                    self.tokens = tokens
-                    reloaded = True
-                    self._log.info("web.bearer_tokens_reloaded", path=self.token_file, tokens=len(tokens))
-        self._stamps = self._stamp_files()  # the set of files may have changed with the web-config
+        if self.token_file in changed:
+            reloaded = self._reload_tokens() or reloaded
+        # A reloaded web-config may name other certificate files: stamp those from now on.
+        self._stamps = stamps if list(stamps) == self._files() else self._stamp_files()
         return reloaded
+
+    def _reload_tokens(self) -> bool:
+        try:
+            tokens = load_bearer_tokens(self.token_file)
+        except ConfigError as exc:
+            self._log.error("web.bearer_tokens_reload_failed", error={"message": str(exc)})
+            return False
+        if tokens == self.tokens:
+            return False
+        self.tokens = tokens
+        self._log.info("web.bearer_tokens_reloaded", path=self.token_file, tokens=len(tokens))
+        return True
 
     def _reload_web_config(self) -> bool:
         try:
