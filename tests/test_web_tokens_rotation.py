@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import ssl
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -17,7 +16,7 @@ import pytest
 from nodeagent.config import ConfigError
 from nodeagent.webconfig import WATCH_SECONDS, load_bearer_tokens
 from tests.doubles.tls import make_tls_files
-from tests.integration.agent_proc import free_port, http_get, started_process, wait_until
+from tests.integration.agent_proc import free_port, http_get, run_nodeagent, started_process, wait_until
 
 TOKEN = "tok-6f1c2e9a-first"
 ROTATED = "tok-0b77d5c3-second"
@@ -46,16 +45,10 @@ def test_token_file_errors_name_the_key_never_a_token(tmp_path: Path) -> None:
 
 def test_bad_token_file_exits_2_at_start_and_in_config_check(tmp_path: Path) -> None:
     cmd, _, _ = _agent(tmp_path, f"web:\n  bearer_token_file: {tmp_path / 'absent'}\n")
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    run = run_nodeagent(*cmd[3:])
     assert 2 == run.returncode
     assert "web.bearer_token_file" in run.stderr and "absent" in run.stderr
-    check = subprocess.run(
-        [sys.executable, "-m", "nodeagent", "config", "check", str(tmp_path / "nodeagent.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = run_nodeagent("config", "check", str(tmp_path / "nodeagent.yaml"))
     assert 2 == check.returncode
     assert "web.bearer_token_file" in check.stderr
 
@@ -65,13 +58,7 @@ def test_config_check_validates_the_web_config_file(tmp_path: Path) -> None:
     web.write_text("tls_server_config: {cert_file: nope.pem, key_file: nope-key.pem}\n")
     cfg = tmp_path / "nodeagent.yaml"
     cfg.write_text(f"web:\n  config_file: {web}\n")
-    check = subprocess.run(
-        [sys.executable, "-m", "nodeagent", "config", "check", str(cfg)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    check = run_nodeagent("config", "check", str(cfg))
     assert 2 == check.returncode
     assert f"web.config_file {web}: tls_server_config.cert_file: cannot load" in check.stderr
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import ssl
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from nodeagent.webconfig import WebConfigError, WebSecurity, load_web_config, parse_web_config
 from tests.doubles.tls import TlsFiles, make_tls_files
-from tests.integration.agent_proc import free_port, started_process, wait_until
+from tests.integration.agent_proc import free_port, run_nodeagent, started_process, wait_until
 
 PASSWORD = "s3cret-Pa55word"
 WRONG = "not-the-Pa55word"
@@ -119,22 +118,7 @@ async def test_reload_on_change_keeps_last_good(tmp_path: Path) -> None:
 def test_invalid_file_at_start_exits_2_naming_the_key(tmp_path: Path) -> None:
     path = tmp_path / "web.yml"
     path.write_text("basic_auth_users:\n  alice: hunter2\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nodeagent",
-            "run",
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--web.config.file",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_nodeagent("run", "--listen", f"127.0.0.1:{free_port()}", "--web.config.file", str(path))
     assert 2 == proc.returncode
     assert f"web.config_file {path}: basic_auth_users.alice:" in proc.stderr
     assert "hunter2" not in proc.stderr + proc.stdout

@@ -34,6 +34,13 @@ def http_get(
         return exc.code, dict(exc.headers), exc.read()
 
 
+def run_nodeagent(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m nodeagent ARGS`` to its end (a command that exits, e.g. on invalid configuration)."""
+    return subprocess.run(
+        [sys.executable, "-m", "nodeagent", *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.05) -> None:  # type: ignore[no-untyped-def]
     """Poll until ``predicate()`` is truthy or fail naming ``what``."""
     deadline = time.monotonic() + timeout
